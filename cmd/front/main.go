@@ -1,0 +1,54 @@
+// Command herd-front is herd's reverse proxy and control plane: it routes
+// client requests to app workers found by gossip and takes herdctl's
+// commands over gRPC.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/herd-run/herd/internal/cli"
+	"github.com/herd-run/herd/internal/front"
+)
+
+func main() {
+	var cfg front.Config
+	var join cli.Strings
+	fs := flag.NewFlagSet("herd-front", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: herd-front [flags]\n\nherd's reverse proxy and control plane. Flags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the front's state and artifacts (required)")
+	fs.StringVar(&cfg.Name, "name", "", "member name, unique in the cluster (default: HOSTNAME-front)")
+	fs.StringVar(&cfg.HTTP, "http", ":8080", "client HTTP listener `ADDR`")
+	fs.StringVar(&cfg.GRPC, "grpc", ":7700", "Control API (herdctl, nodes) listener `ADDR`")
+	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:7701", "admin listener `ADDR` for /healthz; empty disables it")
+	fs.StringVar(&cfg.Gossip, "gossip", ":7946", "gossip (memberlist) bind `ADDR`, UDP and TCP")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "`IP` other members reach this front at (default: the bind IP or a private address)")
+	fs.Var(&join, "join", "gossip `HOST:PORT` of a member to join (repeatable)")
+	fs.DurationVar(&cfg.DeployTimeout, "deploy-timeout", time.Minute, "how long nodes may take to run a release healthy")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			return
+		}
+		os.Exit(2)
+	}
+	if fs.NArg() > 0 {
+		cli.Fail("herd-front", fmt.Errorf("unexpected argument %q", fs.Arg(0)), 2)
+	}
+	cfg.Join = join
+	log, err := cli.Logger(*logLevel)
+	if err != nil {
+		cli.Fail("herd-front", err, 2)
+	}
+	cfg.Logger = log
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if err := front.Run(ctx, cfg); err != nil {
+		cli.Fail("herd-front", err, 1)
+	}
+}

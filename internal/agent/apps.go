@@ -1,0 +1,362 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/herd-run/herd/internal/cluster"
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/release"
+	"github.com/herd-run/herd/internal/supervisor"
+)
+
+// errInvalid marks a request that can never succeed as sent.
+var errInvalid = errors.New("invalid request")
+
+var appName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// reservedEnv are the variables herd sets for every worker; a spec may not
+// override them.
+var reservedEnv = []string{"HOST", "PORT", "HERD_APP", "HERD_RELEASE", "HERD_WORKER", "HERD_NODE"}
+
+// validateRelease checks what a node needs of a release before it spends
+// any work on it.
+func validateRelease(rel *herdv1.Release) error {
+	spec := rel.GetSpec()
+	switch {
+	case !appName.MatchString(rel.GetApp()):
+		return fmt.Errorf("%w: app name %q: want a DNS label (a-z, 0-9, '-')", errInvalid, rel.GetApp())
+	case spec.GetName() != rel.GetApp():
+		return fmt.Errorf("%w: spec names app %q, release names %q", errInvalid, spec.GetName(), rel.GetApp())
+	case rel.GetId() == "":
+		return fmt.Errorf("%w: empty release id", errInvalid)
+	case !release.ValidDigest(rel.GetDigest()):
+		return fmt.Errorf("%w: artifact digest %q is not a sha256", errInvalid, rel.GetDigest())
+	case strings.TrimSpace(spec.GetCommand()) == "":
+		return fmt.Errorf("%w: empty command", errInvalid)
+	case spec.GetWorkers() < 1:
+		return fmt.Errorf("%w: workers must be at least 1", errInvalid)
+	case !strings.HasPrefix(spec.GetHealthPath(), "/"):
+		return fmt.Errorf("%w: health path %q must start with /", errInvalid, spec.GetHealthPath())
+	}
+	for k := range spec.GetEnv() {
+		for _, r := range reservedEnv {
+			if k == r {
+				return fmt.Errorf("%w: env %s is set by herd and cannot be overridden", errInvalid, k)
+			}
+		}
+	}
+	return nil
+}
+
+// slot is one worker of an app on this node.
+type slot struct {
+	index int
+	port  int
+	w     *supervisor.Worker
+	log   io.Closer
+}
+
+// appRun is what the node runs of one app: one release's workers.
+type appRun struct {
+	rel     *herdv1.Release
+	slots   []*slot
+	lastErr string
+}
+
+// manager runs the node's apps. Apply calls for one app are serialized;
+// different apps proceed in parallel.
+type manager struct {
+	cfg     Config
+	log     *slog.Logger
+	host    string // advertise IP: workers bind it
+	cl      *cluster.Cluster
+	ports   *portPool
+	store   *release.Store
+	fetcher func(ctx context.Context, sources []string, digest string) error
+
+	applyMu sync.Map // app -> *sync.Mutex
+
+	mu   sync.Mutex
+	apps map[string]*appRun
+
+	bg sync.WaitGroup // retiring workers
+}
+
+func (m *manager) appLock(app string) *sync.Mutex {
+	mu, _ := m.applyMu.LoadOrStore(app, &sync.Mutex{})
+	return mu.(*sync.Mutex)
+}
+
+// apply runs rel on this node: new workers start, must all pass the health
+// check, are advertised, and only then are the previous release's workers
+// retired. On failure the new workers are stopped and the previous ones keep
+// serving.
+func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []string) error {
+	if err := validateRelease(rel); err != nil {
+		return err
+	}
+	mu := m.appLock(rel.GetApp())
+	mu.Lock()
+	defer mu.Unlock()
+
+	m.mu.Lock()
+	cur := m.apps[rel.GetApp()]
+	same := cur != nil && proto.Equal(cur.rel, rel) && len(cur.slots) == int(rel.GetSpec().GetWorkers())
+	m.mu.Unlock()
+	if same {
+		return nil
+	}
+
+	log := m.log.With("app", rel.GetApp(), "release", rel.GetId())
+	dir, err := m.releaseDir(ctx, rel.GetDigest(), sources)
+	if err != nil {
+		return m.failed(rel.GetApp(), err)
+	}
+	slots, err := m.startSlots(rel, dir)
+	if err != nil {
+		return m.failed(rel.GetApp(), err)
+	}
+	if err := m.waitReady(ctx, slots); err != nil {
+		m.stopSlots(slots)
+		return m.failed(rel.GetApp(), err)
+	}
+
+	m.mu.Lock()
+	old := m.apps[rel.GetApp()]
+	m.apps[rel.GetApp()] = &appRun{rel: proto.CloneOf(rel), slots: slots}
+	m.mu.Unlock()
+	m.publish()
+	if err := m.save(); err != nil {
+		log.Error("save node state", "err", err)
+	}
+	log.Info("release running", "workers", len(slots))
+	if old != nil {
+		m.retire(old.slots)
+	}
+	return nil
+}
+
+func (m *manager) failed(app string, err error) error {
+	m.mu.Lock()
+	if cur := m.apps[app]; cur != nil {
+		cur.lastErr = err.Error()
+	}
+	m.mu.Unlock()
+	m.publish()
+	return err
+}
+
+// releaseDir returns the unpacked release, fetching and unpacking the
+// artifact if this node does not have it yet.
+func (m *manager) releaseDir(ctx context.Context, digest string, sources []string) (string, error) {
+	dir := filepath.Join(m.cfg.DataDir, "releases", digest)
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	if _, ok := m.store.Has(digest); !ok {
+		if err := m.fetcher(ctx, sources, digest); err != nil {
+			return "", err
+		}
+	}
+	f, _, err := m.store.Open(digest)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return "", err
+	}
+	err = release.Unpack(f, dir, release.DefaultLimits())
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		if _, statErr := os.Stat(dir); statErr == nil {
+			// Another apply unpacked the same artifact meanwhile.
+			return dir, nil
+		}
+		return "", fmt.Errorf("unpack artifact %s: %w", short(digest), err)
+	}
+	return dir, nil
+}
+
+func (m *manager) startSlots(rel *herdv1.Release, dir string) ([]*slot, error) {
+	n := int(rel.GetSpec().GetWorkers())
+	slots := make([]*slot, 0, n)
+	for i := 1; i <= n; i++ {
+		s, err := m.startSlot(rel, dir, i)
+		if err != nil {
+			m.stopSlots(slots)
+			return nil, err
+		}
+		slots = append(slots, s)
+	}
+	return slots, nil
+}
+
+func (m *manager) startSlot(rel *herdv1.Release, dir string, index int) (*slot, error) {
+	port, err := m.ports.get()
+	if err != nil {
+		return nil, err
+	}
+	logDir := filepath.Join(m.cfg.DataDir, "logs", rel.GetApp())
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		m.ports.put(port)
+		return nil, err
+	}
+	logFile, err := os.OpenFile(filepath.Join(logDir, strconv.Itoa(index)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		m.ports.put(port)
+		return nil, err
+	}
+	spec := rel.GetSpec()
+	addr := net.JoinHostPort(m.host, strconv.Itoa(port))
+	s := &slot{index: index, port: port, log: logFile}
+	s.w = supervisor.StartWorker(supervisor.WorkerConfig{
+		ID: fmt.Sprintf("%s-%s-%d", rel.GetApp(), rel.GetId(), index),
+		Process: supervisor.ProcessConfig{
+			Command: spec.GetCommand(),
+			Dir:     dir,
+			Env:     m.workerEnv(rel, index, port),
+			Output:  logFile,
+		},
+		HealthURL: "http://" + addr + spec.GetHealthPath(),
+		StopGrace: m.cfg.StopGrace,
+		OnChange:  func(bool) { m.publish() },
+		Logger:    m.log.With("app", rel.GetApp(), "release", rel.GetId(), "worker", index),
+	})
+	return s, nil
+}
+
+// workerEnv is all a worker sees of the node: no variable of herd-node's own
+// environment reaches it but PATH, so keys and credentials cannot leak.
+func (m *manager) workerEnv(rel *herdv1.Release, index, port int) []string {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/bin:/usr/bin:/bin"
+	}
+	env := []string{
+		"PATH=" + path,
+		"LANG=C.UTF-8",
+		"HOST=" + m.host,
+		"PORT=" + strconv.Itoa(port),
+		"HERD_APP=" + rel.GetApp(),
+		"HERD_RELEASE=" + rel.GetId(),
+		"HERD_WORKER=" + strconv.Itoa(index),
+		"HERD_NODE=" + m.cfg.Name,
+	}
+	for k, v := range rel.GetSpec().GetEnv() {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+// waitReady waits for every slot's first readiness; the first failure wins.
+func (m *manager) waitReady(ctx context.Context, slots []*slot) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(slots))
+	for _, s := range slots {
+		go func() { errs <- s.w.WaitReady(ctx) }()
+	}
+	var first error
+	for range slots {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+func (m *manager) stopSlots(slots []*slot) {
+	var wg sync.WaitGroup
+	for _, s := range slots {
+		wg.Go(func() {
+			s.w.Stop()
+			s.log.Close()
+			m.ports.put(s.port)
+		})
+	}
+	wg.Wait()
+}
+
+// retire stops old workers once the fronts had time to see that they are no
+// longer advertised.
+func (m *manager) retire(slots []*slot) {
+	m.bg.Go(func() {
+		time.Sleep(m.cfg.RetireDelay)
+		m.stopSlots(slots)
+	})
+}
+
+// state is the node's account of what it runs: only ready workers are
+// endpoints.
+func (m *manager) state() *herdv1.NodeState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := &herdv1.NodeState{Node: m.cfg.Name, Address: m.host}
+	for _, a := range m.apps {
+		as := &herdv1.AppState{
+			App:     a.rel.GetApp(),
+			Release: a.rel.GetId(),
+			Digest:  a.rel.GetDigest(),
+			Desired: a.rel.GetSpec().GetWorkers(),
+			Error:   a.lastErr,
+		}
+		for _, s := range a.slots {
+			if s.w.Ready() {
+				as.Endpoints = append(as.Endpoints, &herdv1.Endpoint{
+					Address: net.JoinHostPort(m.host, strconv.Itoa(s.port)),
+					Worker:  strconv.Itoa(s.index),
+				})
+			}
+		}
+		st.Apps = append(st.Apps, as)
+	}
+	return st
+}
+
+// publish tells the cluster what the node runs now.
+func (m *manager) publish() *herdv1.NodeState {
+	return m.cl.SetLocalState(m.state())
+}
+
+// withdraw advertises no endpoints at all (the node is stopping).
+func (m *manager) withdraw() {
+	st := m.state()
+	for _, a := range st.Apps {
+		a.Endpoints = nil
+	}
+	m.cl.SetLocalState(st)
+}
+
+// stopAll stops every worker (the node is stopping).
+func (m *manager) stopAll() {
+	m.bg.Wait()
+	m.mu.Lock()
+	var all []*slot
+	for _, a := range m.apps {
+		all = append(all, a.slots...)
+	}
+	m.mu.Unlock()
+	m.stopSlots(all)
+}
+
+func short(digest string) string {
+	if len(digest) > 12 {
+		return digest[:12]
+	}
+	return digest
+}

@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/release"
+)
+
+// fetchArtifact gets an artifact from the first front that has it and keeps
+// it in the store only if its sha256 matches.
+func fetchArtifact(ctx context.Context, store *release.Store, sources []string, digest string) error {
+	if len(sources) == 0 {
+		return errors.New("no front to fetch the artifact from")
+	}
+	var errs []error
+	for _, addr := range sources {
+		err := fetchFrom(ctx, store, addr, digest)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("from %s: %w", addr, err))
+	}
+	return fmt.Errorf("fetch artifact %s: %w", short(digest), errors.Join(errs...))
+}
+
+func fetchFrom(ctx context.Context, store *release.Store, addr, digest string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := herdv1.NewControlClient(conn).FetchArtifact(ctx, &herdv1.FetchArtifactRequest{Digest: digest})
+	if err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	r := &chunkReader{buf: first.GetChunk(), next: func() ([]byte, error) {
+		msg, err := stream.Recv()
+		return msg.GetChunk(), err
+	}}
+	_, err = store.Put(digest, first.GetSize(), r)
+	return err
+}
+
+// chunkReader turns a stream of chunks into an io.Reader.
+type chunkReader struct {
+	buf  []byte
+	next func() ([]byte, error)
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		b, err := r.next()
+		if err != nil {
+			return 0, err // io.EOF at the stream's end
+		}
+		r.buf = b
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+var _ io.Reader = (*chunkReader)(nil)

@@ -1,0 +1,120 @@
+// Package agent is herd-node: it runs the workers of the apps assigned to
+// this host, tells the cluster which of them are ready (gossip), and serves
+// the Agent gRPC API that fronts call to apply a release.
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/herd-run/herd/internal/cluster"
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/release"
+	"github.com/herd-run/herd/internal/runfile"
+)
+
+// Run serves as a node until ctx ends, then stops gracefully: it withdraws
+// its endpoints, gives fronts a moment to see that, stops its workers
+// (SIGTERM, then SIGKILL after StopGrace), and leaves the cluster.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger.With("node", cfg.Name)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	store, err := release.OpenStore(filepath.Join(cfg.DataDir, "artifacts"))
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+
+	gossipHost, _, _ := net.SplitHostPort(cfg.Gossip)
+	grpcHost, _, _ := net.SplitHostPort(cfg.GRPC)
+	host, err := cluster.AdvertiseIP(cfg.Advertise, gossipHost, grpcHost)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", cfg.GRPC)
+	if err != nil {
+		return fmt.Errorf("--grpc: %w", err)
+	}
+	defer lis.Close()
+	grpcAddr := net.JoinHostPort(host, strconv.Itoa(lis.Addr().(*net.TCPAddr).Port))
+
+	m := &manager{
+		cfg:   cfg,
+		log:   log,
+		host:  host,
+		ports: newPortPool(host, cfg.PortLo, cfg.PortHi),
+		store: store,
+		apps:  map[string]*appRun{},
+	}
+	m.fetcher = func(ctx context.Context, sources []string, digest string) error {
+		return fetchArtifact(ctx, store, sources, digest)
+	}
+	cl, err := cluster.New(cluster.Config{
+		Name:      cfg.Name,
+		Role:      herdv1.Role_ROLE_NODE,
+		Bind:      cfg.Gossip,
+		Advertise: host,
+		GRPCAddr:  grpcAddr,
+		Logger:    log,
+	})
+	if err != nil {
+		return err
+	}
+	m.cl = cl
+	if err := m.restore(); err != nil {
+		log.Error("restore apps", "err", err)
+	}
+	m.publish()
+
+	srv := grpc.NewServer()
+	herdv1.RegisterAgentServer(srv, &service{m: m})
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+
+	if err := runfile.Write(cfg.DataDir, map[string]string{"grpc": grpcAddr, "gossip": cl.GossipAddr()}); err != nil {
+		log.Warn("write addresses file", "err", err)
+	}
+	log.Info("herd-node serving", "grpc", grpcAddr, "gossip", cl.GossipAddr(), "advertise", host)
+
+	joinCtx, stopJoin := context.WithCancel(ctx)
+	joined := make(chan struct{})
+	go func() {
+		defer close(joined)
+		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		log.Error("grpc server stopped", "err", err)
+	}
+	stopJoin()
+	<-joined
+
+	log.Info("herd-node stopping: withdrawing endpoints")
+	cl.Leaving()
+	m.withdraw()
+	// Fronts drop the endpoints within a gossip round or two; in-flight
+	// requests then finish while the workers stop gracefully.
+	time.Sleep(time.Second)
+	m.stopAll()
+	srv.Stop()
+	if err := cl.Leave(2 * time.Second); err != nil {
+		log.Warn("leave cluster", "err", err)
+	}
+	runfile.Remove(cfg.DataDir)
+	log.Info("herd-node stopped")
+	return nil
+}

@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+)
+
+// defaultApplyTimeout bounds an Apply that does not say how long it may take.
+const defaultApplyTimeout = 60 * time.Second
+
+// service is the Agent gRPC API.
+type service struct {
+	herdv1.UnimplementedAgentServer
+	m *manager
+}
+
+func (s *service) Apply(ctx context.Context, req *herdv1.ApplyRequest) (*herdv1.ApplyResponse, error) {
+	timeout := defaultApplyTimeout
+	if d := req.GetTimeout().AsDuration(); d > 0 {
+		timeout = d
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := s.m.apply(ctx, req.GetRelease(), req.GetArtifactSources()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &herdv1.ApplyResponse{State: s.m.cl.LocalState()}, nil
+}
+
+func (s *service) GetState(context.Context, *herdv1.GetStateRequest) (*herdv1.GetStateResponse, error) {
+	return &herdv1.GetStateResponse{State: s.m.cl.LocalState()}, nil
+}
+
+// toStatus is the one place where node errors become gRPC codes.
+func toStatus(err error) error {
+	switch {
+	case errors.Is(err, errInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	return status.Error(codes.FailedPrecondition, err.Error())
+}

@@ -1,0 +1,120 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/release"
+)
+
+const (
+	// maxArtifact bounds an upload (compressed).
+	maxArtifact = 1 << 30
+	chunkSize   = 256 << 10
+)
+
+var errInvalid = errors.New("invalid request")
+
+func (s *Service) StatArtifact(_ context.Context, req *herdv1.StatArtifactRequest) (*herdv1.StatArtifactResponse, error) {
+	if !release.ValidDigest(req.GetDigest()) {
+		return nil, toStatus(fmt.Errorf("%w: digest %q is not a sha256", errInvalid, req.GetDigest()))
+	}
+	size, ok := s.Artifacts.Has(req.GetDigest())
+	return &herdv1.StatArtifactResponse{Present: ok, Size: size}, nil
+}
+
+// UploadArtifact keeps the artifact only if it matches the header's digest
+// and size.
+func (s *Service) UploadArtifact(stream herdv1.Control_UploadArtifactServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	h := first.GetHeader()
+	switch {
+	case h == nil:
+		return toStatus(fmt.Errorf("%w: an upload starts with a header", errInvalid))
+	case !release.ValidDigest(h.GetDigest()):
+		return toStatus(fmt.Errorf("%w: digest %q is not a sha256", errInvalid, h.GetDigest()))
+	case h.GetSize() < 0 || h.GetSize() > maxArtifact:
+		return toStatus(fmt.Errorf("%w: artifact size %d is outside 0..%d", errInvalid, h.GetSize(), maxArtifact))
+	}
+	r := &uploadReader{next: func() ([]byte, error) {
+		msg, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if msg.GetHeader() != nil {
+			return nil, fmt.Errorf("%w: a second header in one upload", errInvalid)
+		}
+		return msg.GetChunk(), nil
+	}}
+	n, err := s.Artifacts.Put(h.GetDigest(), h.GetSize(), r)
+	if err != nil {
+		if errors.Is(err, errInvalid) {
+			return toStatus(err)
+		}
+		return status.Errorf(codes.InvalidArgument, "artifact %s rejected: %v", h.GetDigest(), err)
+	}
+	s.Log.Info("artifact stored", "digest", h.GetDigest(), "bytes", n)
+	return stream.SendAndClose(&herdv1.UploadArtifactResponse{Digest: h.GetDigest(), Size: n})
+}
+
+type uploadReader struct {
+	buf  []byte
+	next func() ([]byte, error)
+}
+
+func (r *uploadReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		b, err := r.next()
+		if err != nil {
+			return 0, err
+		}
+		r.buf = b
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// FetchArtifact streams an artifact: the size in the first message, then
+// the bytes.
+func (s *Service) FetchArtifact(req *herdv1.FetchArtifactRequest, stream herdv1.Control_FetchArtifactServer) error {
+	if !release.ValidDigest(req.GetDigest()) {
+		return toStatus(fmt.Errorf("%w: digest %q is not a sha256", errInvalid, req.GetDigest()))
+	}
+	f, size, err := s.Artifacts.Open(req.GetDigest())
+	if errors.Is(err, os.ErrNotExist) {
+		return status.Errorf(codes.NotFound, "artifact %s is not on this front", req.GetDigest())
+	}
+	if err != nil {
+		return toStatus(err)
+	}
+	defer f.Close()
+	buf := make([]byte, chunkSize)
+	msg := &herdv1.FetchArtifactResponse{Size: size}
+	for first := true; ; first = false {
+		n, err := f.Read(buf)
+		if n > 0 || first {
+			msg.Chunk = buf[:n]
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+			msg = &herdv1.FetchArtifactResponse{}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+	}
+}

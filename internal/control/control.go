@@ -1,0 +1,157 @@
+// Package control is the Control gRPC API on a front: artifact upload and
+// fetch, deploy, status and the member list.
+package control
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/herd-run/herd/internal/cluster"
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/release"
+	"github.com/herd-run/herd/internal/state"
+)
+
+// Service implements herdv1.ControlServer.
+type Service struct {
+	herdv1.UnimplementedControlServer
+
+	Log       *slog.Logger
+	State     *state.Store
+	Artifacts *release.Store
+	Cluster   *cluster.Cluster
+	Agents    *Agents
+	// Self is this front's gRPC address, which nodes fetch artifacts from.
+	Self string
+	// DeployTimeout bounds how long a node may take to run a release
+	// healthy when the request does not say; default 60 s.
+	DeployTimeout time.Duration
+	// OnCommit is called after an app's release changed (the front then
+	// rebuilds its routes). May be nil.
+	OnCommit func()
+}
+
+// Agents keeps one gRPC connection per node address. Safe for concurrent use.
+type Agents struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+// Client returns an Agent client for a node's gRPC address.
+func (a *Agents) Client(addr string) (herdv1.AgentClient, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.conns == nil {
+		a.conns = map[string]*grpc.ClientConn{}
+	}
+	conn := a.conns[addr]
+	if conn == nil {
+		var err error
+		conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		a.conns[addr] = conn
+	}
+	return herdv1.NewAgentClient(conn), nil
+}
+
+// FetchState gets a node's state over gRPC; it is the cluster's Fetch hook.
+func (a *Agents) FetchState(ctx context.Context, m cluster.Member) (*herdv1.NodeState, error) {
+	c, err := a.Client(m.GRPCAddr)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.GetState(ctx, &herdv1.GetStateRequest{})
+	return resp.GetState(), err
+}
+
+// Close closes every connection.
+func (a *Agents) Close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range a.conns {
+		c.Close()
+	}
+	a.conns = nil
+}
+
+// ListNodes lists the members as gossip sees them.
+func (s *Service) ListNodes(context.Context, *herdv1.ListNodesRequest) (*herdv1.ListNodesResponse, error) {
+	resp := &herdv1.ListNodesResponse{}
+	for _, m := range s.Cluster.Members() {
+		resp.Members = append(resp.Members, &herdv1.Member{
+			Name:          m.Name,
+			Role:          m.Role,
+			GossipAddress: m.GossipAddr,
+			GrpcAddress:   m.GRPCAddr,
+			State:         m.State,
+		})
+	}
+	return resp, nil
+}
+
+// Status reports each app's release and, for every live node, what it runs
+// of the app.
+func (s *Service) Status(context.Context, *herdv1.StatusRequest) (*herdv1.StatusResponse, error) {
+	nodes := s.liveNodes()
+	resp := &herdv1.StatusResponse{}
+	for _, rel := range s.State.List() {
+		as := &herdv1.AppStatus{Release: rel}
+		for _, n := range nodes {
+			ns := &herdv1.AppNodeStatus{Node: n.Name}
+			for _, a := range n.State.GetApps() {
+				if a.GetApp() == rel.GetApp() {
+					ns.Release = a.GetRelease()
+					ns.Ready = uint32(len(a.GetEndpoints()))
+					ns.Desired = a.GetDesired()
+					ns.Error = a.GetError()
+				}
+			}
+			as.Nodes = append(as.Nodes, ns)
+		}
+		resp.Apps = append(resp.Apps, as)
+	}
+	return resp, nil
+}
+
+// liveNodes are the nodes that can take work: alive, not leaving.
+func (s *Service) liveNodes() []cluster.NodeView {
+	var out []cluster.NodeView
+	for _, n := range s.Cluster.Nodes() {
+		if n.State == nil {
+			n.State = &herdv1.NodeState{}
+		}
+		if n.Member.State == herdv1.MemberState_MEMBER_STATE_ALIVE && !n.Leaving {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// toStatus is the one place where control errors become gRPC codes; an
+// error that already is a status passes through.
+func toStatus(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, errInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, state.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}

@@ -1,0 +1,45 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+)
+
+// withFront runs call against the first front that answers: a front that
+// is down (Unavailable) makes herdctl try the next address.
+func withFront(ctx context.Context, g *globals, call func(herdv1.ControlClient) error) error {
+	var errs []string
+	for _, addr := range g.addrs {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("--addr %q: %w", addr, err)
+		}
+		err = call(herdv1.NewControlClient(conn))
+		conn.Close()
+		if status.Code(err) != codes.Unavailable {
+			return rpcError(err)
+		}
+		errs = append(errs, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
+	}
+	return fmt.Errorf("no front reachable (%s)", strings.Join(errs, "; "))
+}
+
+// rpcError turns a gRPC status into the message alone: the operator wants
+// the reason, not the code's name.
+func rpcError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if s, ok := status.FromError(err); ok {
+		return fmt.Errorf("%s", s.Message())
+	}
+	return err
+}

@@ -1,0 +1,193 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/release"
+)
+
+type deployOptions struct {
+	app, dir    string
+	cmd         string
+	workers     uint32
+	concurrency uint32
+	hosts       []string
+	path        string
+	health      string
+	env         []string
+	timeout     time.Duration
+}
+
+func newDeployCmd(g *globals, stdio IO) *cobra.Command {
+	o := &deployOptions{}
+	cmd := &cobra.Command{
+		Use:   "deploy APP DIR --cmd '...'",
+		Short: "Pack DIR and run it as APP on every node",
+		Long: `Pack DIR as a release artifact (tar.gz, named by its sha256), upload it
+to a front unless the front already has it, and run it on every node:
+COMMAND runs as /bin/sh -c COMMAND in the release directory with HOST and
+PORT to bind, plus HERD_APP, HERD_RELEASE, HERD_WORKER and HERD_NODE. Write
+it in single quotes so that $PORT expands in the worker, not in your shell.
+The deploy succeeds once every node runs the release healthy; a node that
+fails keeps its previous release serving.`,
+		Example: `  herdctl deploy hello ./build --cmd 'exec ./hello' --workers 2 --host hello.localhost --health /healthz`,
+		Args:    exactArgs("APP", "DIR"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.app, o.dir = args[0], args[1]
+			return o.run(cmd.Context(), g, stdio)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.cmd, "cmd", "", "command each worker runs (required)")
+	f.Uint32Var(&o.workers, "workers", 1, "worker processes per node")
+	f.Uint32Var(&o.concurrency, "concurrency", 1, "requests one worker takes at once (1 for a sync worker)")
+	f.StringArrayVar(&o.hosts, "host", nil, "host name routed to the app, exact or *.domain (repeatable)")
+	f.StringVar(&o.path, "path", "", "path prefix routed to the app (default: all paths)")
+	f.StringVar(&o.health, "health", "/", "path that answers 2xx when a worker is ready")
+	f.StringArrayVar(&o.env, "env", nil, "`K=V` in every worker's environment (repeatable)")
+	f.DurationVar(&o.timeout, "timeout", time.Minute, "how long each node may take to run the release healthy")
+	return cmd
+}
+
+func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
+	if strings.TrimSpace(o.cmd) == "" {
+		return nil, usageError{errors.New("--cmd is required and must not be empty")}
+	}
+	env := map[string]string{}
+	for _, kv := range o.env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usageError{fmt.Errorf("--env %q: want K=V", kv)}
+		}
+		env[k] = v
+	}
+	hosts := make([]string, len(o.hosts))
+	for i, h := range o.hosts {
+		hosts[i] = strings.ToLower(h)
+	}
+	return &herdv1.AppSpec{
+		Name:        o.app,
+		Command:     o.cmd,
+		Workers:     o.workers,
+		Concurrency: o.concurrency,
+		Hosts:       hosts,
+		PathPrefix:  o.path,
+		HealthPath:  o.health,
+		Env:         env,
+	}, nil
+}
+
+func (o *deployOptions) run(ctx context.Context, g *globals, stdio IO) error {
+	spec, err := o.spec()
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(o.dir); err != nil {
+		return fmt.Errorf("release directory: %w", err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("release directory %s is not a directory", o.dir)
+	}
+	art, err := os.CreateTemp("", "herd-artifact-*.tar.gz")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(art.Name())
+	defer art.Close()
+	digest, size, err := release.Pack(o.dir, art)
+	if err != nil {
+		return fmt.Errorf("pack %s: %w", o.dir, err)
+	}
+	progress := stdio.Err
+	if g.output == "json" {
+		progress = io.Discard
+	}
+	return withFront(ctx, g, func(c herdv1.ControlClient) error {
+		if err := upload(ctx, c, art, digest, size, progress); err != nil {
+			return err
+		}
+		stream, err := c.Deploy(ctx, &herdv1.DeployRequest{Spec: spec, Digest: digest, Timeout: durationpb.New(o.timeout)})
+		if err != nil {
+			return err
+		}
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			if p := msg.GetProgress(); p != nil {
+				fmt.Fprintf(progress, "%s: %s\n", p.GetNode(), p.GetMessage())
+			}
+			if r := msg.GetResult(); r != nil {
+				return printDeploy(stdio.Out, g.output, r)
+			}
+		}
+	})
+}
+
+// upload sends the artifact unless the front already holds it.
+func upload(ctx context.Context, c herdv1.ControlClient, f *os.File, digest string, size int64, progress io.Writer) error {
+	st, err := c.StatArtifact(ctx, &herdv1.StatArtifactRequest{Digest: digest})
+	if err != nil {
+		return err
+	}
+	if st.GetPresent() {
+		fmt.Fprintf(progress, "artifact %s already on the front\n", digest[:12])
+		return nil
+	}
+	stream, err := c.UploadArtifact(ctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&herdv1.UploadArtifactRequest{Msg: &herdv1.UploadArtifactRequest_Header{
+		Header: &herdv1.ArtifactHeader{Digest: digest, Size: size},
+	}}); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	buf := make([]byte, 256<<10)
+	for {
+		n, rerr := f.Read(buf)
+		if n > 0 {
+			if err := stream.Send(&herdv1.UploadArtifactRequest{Msg: &herdv1.UploadArtifactRequest_Chunk{Chunk: buf[:n]}}); err != nil {
+				// The server's reason comes with CloseAndRecv.
+				break
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if _, err := stream.CloseAndRecv(); err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "uploaded artifact %s (%d bytes)\n", digest[:12], size)
+	return nil
+}
+
+func printDeploy(w io.Writer, format string, r *herdv1.DeployResult) error {
+	if format == "json" {
+		return printJSON(w, r)
+	}
+	rel := r.GetRelease()
+	verb := "deployed"
+	if !r.GetChanged() {
+		verb = "unchanged, running"
+	}
+	_, err := fmt.Fprintf(w, "%s %s %s on %d node(s) (artifact %s)\n", rel.GetApp(), verb, rel.GetId(), len(r.GetNodes()), rel.GetDigest()[:12])
+	return err
+}

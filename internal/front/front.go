@@ -1,0 +1,260 @@
+// Package front is herd-front: the proxy that takes client requests and the
+// control plane that takes herdctl's commands, wired to the cluster's gossip.
+package front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/herd-run/herd/internal/cluster"
+	"github.com/herd-run/herd/internal/control"
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/proxy"
+	"github.com/herd-run/herd/internal/release"
+	"github.com/herd-run/herd/internal/runfile"
+	"github.com/herd-run/herd/internal/state"
+)
+
+// Config is a front's configuration; cmd/front fills it from flags.
+type Config struct {
+	DataDir   string
+	Name      string
+	HTTP      string // client listener host:port
+	GRPC      string // Control API host:port
+	Admin     string // /healthz host:port; empty: none
+	Gossip    string
+	Advertise string
+	Join      []string
+	// DeployTimeout bounds how long nodes may take to run a release healthy.
+	DeployTimeout time.Duration
+	Logger        *slog.Logger
+}
+
+// Validate rejects a config that cannot work, naming the flag at fault.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	if c.Name == "" {
+		return errors.New("--name is required (the host name is unknown)")
+	}
+	for _, f := range []struct{ flag, addr string }{{"--http", c.HTTP}, {"--grpc", c.GRPC}, {"--gossip", c.Gossip}} {
+		if _, _, err := net.SplitHostPort(f.addr); err != nil {
+			return fmt.Errorf("%s %q: want HOST:PORT", f.flag, f.addr)
+		}
+	}
+	if c.Admin != "" {
+		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
+			return fmt.Errorf("--admin %q: want HOST:PORT", c.Admin)
+		}
+	}
+	return nil
+}
+
+// Run serves as a front until ctx ends, then stops gracefully: in-flight
+// requests finish (up to 10 s), then it leaves the cluster.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Name == "" {
+		if h, err := os.Hostname(); err == nil {
+			cfg.Name = h + "-front"
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger.With("front", cfg.Name)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	st, err := state.Open(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	artifacts, err := release.OpenStore(filepath.Join(cfg.DataDir, "artifacts"))
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+
+	var lc net.ListenConfig
+	httpLis, err := lc.Listen(ctx, "tcp", cfg.HTTP)
+	if err != nil {
+		return fmt.Errorf("--http: %w", err)
+	}
+	defer httpLis.Close()
+	grpcLis, err := lc.Listen(ctx, "tcp", cfg.GRPC)
+	if err != nil {
+		return fmt.Errorf("--grpc: %w", err)
+	}
+	defer grpcLis.Close()
+	var adminLis net.Listener
+	if cfg.Admin != "" {
+		if adminLis, err = lc.Listen(ctx, "tcp", cfg.Admin); err != nil {
+			return fmt.Errorf("--admin: %w", err)
+		}
+		defer adminLis.Close()
+	}
+
+	gossipHost, _, _ := net.SplitHostPort(cfg.Gossip)
+	grpcHost, _, _ := net.SplitHostPort(cfg.GRPC)
+	host, err := cluster.AdvertiseIP(cfg.Advertise, gossipHost, grpcHost)
+	if err != nil {
+		return err
+	}
+	grpcAddr := net.JoinHostPort(host, strconv.Itoa(grpcLis.Addr().(*net.TCPAddr).Port))
+
+	px := proxy.New(log)
+	agents := &control.Agents{}
+	defer agents.Close()
+	var cl *cluster.Cluster
+	refresh := func() { px.SetRoutes(routes(st, cl)) }
+	cl, err = cluster.New(cluster.Config{
+		Name:      cfg.Name,
+		Role:      herdv1.Role_ROLE_FRONT,
+		Bind:      cfg.Gossip,
+		Advertise: host,
+		GRPCAddr:  grpcAddr,
+		Logger:    log,
+		Fetch:     agents.FetchState,
+		OnChange:  func() { refresh() },
+	})
+	if err != nil {
+		return err
+	}
+	refresh()
+
+	svc := &control.Service{
+		Log:           log,
+		State:         st,
+		Artifacts:     artifacts,
+		Cluster:       cl,
+		Agents:        agents,
+		Self:          grpcAddr,
+		DeployTimeout: cfg.DeployTimeout,
+		OnCommit:      refresh,
+	}
+	gs := grpc.NewServer()
+	herdv1.RegisterControlServer(gs, svc)
+
+	hs := &http.Server{
+		Handler:           px,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       75 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 3)
+	go func() { errc <- serveErr("grpc", gs.Serve(grpcLis)) }()
+	go func() { errc <- serveErr("http", hs.Serve(httpLis)) }()
+	addrs := map[string]string{"http": httpLis.Addr().String(), "grpc": grpcAddr, "gossip": cl.GossipAddr()}
+	var admin *http.Server
+	if adminLis != nil {
+		admin = &http.Server{Handler: adminMux(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { errc <- serveErr("admin", admin.Serve(adminLis)) }()
+		addrs["admin"] = adminLis.Addr().String()
+	}
+	if err := runfile.Write(cfg.DataDir, addrs); err != nil {
+		log.Warn("write addresses file", "err", err)
+	}
+	log.Info("herd-front serving", "http", addrs["http"], "grpc", grpcAddr, "gossip", addrs["gossip"], "admin", addrs["admin"])
+
+	joinCtx, stopJoin := context.WithCancel(ctx)
+	joined := make(chan struct{})
+	go func() {
+		defer close(joined)
+		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		log.Error("listener failed", "err", runErr)
+	}
+	stopJoin()
+	<-joined
+
+	log.Info("herd-front stopping")
+	cl.Leaving()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutCtx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	if admin != nil {
+		admin.Close()
+	}
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutCtx.Done():
+		gs.Stop()
+	}
+	if err := cl.Leave(2 * time.Second); err != nil {
+		log.Warn("leave cluster", "err", err)
+	}
+	runfile.Remove(cfg.DataDir)
+	log.Info("herd-front stopped")
+	return runErr
+}
+
+func serveErr(what string, err error) error {
+	if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func adminMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// routes builds the routing table from the desired state (which app owns
+// which hosts) and gossip (which endpoints are ready). A node's endpoints
+// count only on the node's own address, so a node cannot claim traffic for
+// another host.
+func routes(st *state.Store, cl *cluster.Cluster) []proxy.Route {
+	if cl == nil {
+		return nil
+	}
+	eps := map[string][]string{}
+	for _, n := range cl.Nodes() {
+		if n.Member.State != herdv1.MemberState_MEMBER_STATE_ALIVE || n.Leaving || n.State == nil {
+			continue
+		}
+		for _, a := range n.State.GetApps() {
+			for _, e := range a.GetEndpoints() {
+				if h, _, err := net.SplitHostPort(e.GetAddress()); err == nil && h == n.Addr {
+					eps[a.GetApp()] = append(eps[a.GetApp()], e.GetAddress())
+				}
+			}
+		}
+	}
+	var out []proxy.Route
+	for _, rel := range st.List() {
+		spec := rel.GetSpec()
+		out = append(out, proxy.Route{
+			App:       rel.GetApp(),
+			Hosts:     spec.GetHosts(),
+			Prefix:    spec.GetPathPrefix(),
+			Endpoints: eps[rel.GetApp()],
+		})
+	}
+	return out
+}

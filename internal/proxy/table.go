@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"net"
+	"slices"
+	"strings"
+	"sync/atomic"
+)
+
+// Route sends requests for some hosts and a path prefix to an app's
+// endpoints.
+type Route struct {
+	App string
+	// Hosts are exact names ("shop.example.com") or wildcards
+	// ("*.example.com", which matches any name ending in ".example.com").
+	// An empty list matches no host.
+	Hosts []string
+	// Prefix is a path prefix; "" and "/" match every path.
+	Prefix string
+	// Endpoints are host:port addresses of ready workers.
+	Endpoints []string
+}
+
+// route is a Route as the table uses it.
+type route struct {
+	Route
+	next atomic.Uint64 // round-robin position
+}
+
+// pick returns the index of the endpoint to try first.
+func (r *route) pick() int {
+	return int((r.next.Add(1) - 1) % uint64(len(r.Endpoints)))
+}
+
+// table is an immutable routing table; the proxy swaps whole tables, so a
+// request keeps the table it started with.
+type table struct {
+	exact map[string][]*route // host -> routes, longest prefix first
+	wild  []wildRoutes        // longest suffix first
+}
+
+type wildRoutes struct {
+	suffix string // ".example.com"
+	routes []*route
+}
+
+func newTable(routes []Route) *table {
+	t := &table{exact: map[string][]*route{}}
+	wild := map[string][]*route{}
+	for _, rt := range routes {
+		r := &route{Route: rt}
+		r.Prefix = normPrefix(rt.Prefix)
+		for _, h := range rt.Hosts {
+			h = strings.ToLower(h)
+			if suffix, ok := strings.CutPrefix(h, "*"); ok {
+				wild[suffix] = append(wild[suffix], r)
+			} else {
+				t.exact[h] = append(t.exact[h], r)
+			}
+		}
+	}
+	byPrefix := func(a, b *route) int { return len(b.Prefix) - len(a.Prefix) }
+	for _, rs := range t.exact {
+		slices.SortStableFunc(rs, byPrefix)
+	}
+	for suffix, rs := range wild {
+		slices.SortStableFunc(rs, byPrefix)
+		t.wild = append(t.wild, wildRoutes{suffix: suffix, routes: rs})
+	}
+	slices.SortFunc(t.wild, func(a, b wildRoutes) int { return len(b.suffix) - len(a.suffix) })
+	return t
+}
+
+// match finds the route for a request: an exact host before a wildcard one,
+// then the longest path prefix. nil means no app serves it.
+func (t *table) match(hostport, path string) *route {
+	host := strings.ToLower(stripPort(hostport))
+	if r := matchPrefix(t.exact[host], path); r != nil {
+		return r
+	}
+	for _, w := range t.wild {
+		if strings.HasSuffix(host, w.suffix) && len(host) > len(w.suffix) {
+			if r := matchPrefix(w.routes, path); r != nil {
+				return r
+			}
+		}
+	}
+	return nil
+}
+
+func matchPrefix(rs []*route, path string) *route {
+	for _, r := range rs {
+		if r.Prefix == "/" || path == strings.TrimSuffix(r.Prefix, "/") || strings.HasPrefix(path, r.Prefix) {
+			return r
+		}
+	}
+	return nil
+}
+
+// normPrefix makes "/api" and "/api/" both match "/api" and "/api/x" but
+// not "/apix".
+func normPrefix(p string) string {
+	if p == "" || p == "/" {
+		return "/"
+	}
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p
+	}
+	if !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	return p
+}
+
+func stripPort(hostport string) string {
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		return host
+	}
+	return strings.TrimSuffix(hostport, ".")
+}
