@@ -67,6 +67,7 @@ type Cluster struct {
 
 	changed chan struct{}
 	fetchc  chan struct{}
+	metac   chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -91,6 +92,7 @@ func New(cfg Config) (*Cluster, error) {
 		wanted:  map[string]uint64{},
 		changed: make(chan struct{}, 1),
 		fetchc:  make(chan struct{}, 1),
+		metac:   make(chan struct{}, 1),
 		ctx:     ctx,
 		cancel:  cancel,
 	}
@@ -128,9 +130,10 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c.ml = ml
 
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go c.notifyLoop()
 	go c.fetchLoop()
+	go c.metaLoop()
 	return c, nil
 }
 
@@ -252,16 +255,30 @@ func (c *Cluster) Close() {
 	c.wg.Wait()
 }
 
+// updateMeta asks metaLoop to gossip the current meta.
 func (c *Cluster) updateMeta() {
-	// UpdateNode waits for the broadcast to be sent; nobody needs to wait
-	// for that here.
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		if err := c.ml.UpdateNode(2 * time.Second); err != nil && c.ctx.Err() == nil {
-			c.log.Debug("gossip meta update", "err", err)
+	select {
+	case c.metac <- struct{}{}:
+	default:
+	}
+}
+
+// metaLoop gossips meta changes one at a time. memberlist's UpdateNode reads
+// the meta and takes the next incarnation in two steps, so concurrent calls
+// could leave an older meta with the newer incarnation, and members would
+// keep the stale generation until the next push/pull.
+func (c *Cluster) metaLoop() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.metac:
+			if err := c.ml.UpdateNode(2 * time.Second); err != nil && c.ctx.Err() == nil {
+				c.log.Debug("gossip meta update", "err", err)
+			}
 		}
-	}()
+	}
 }
 
 // acceptLocked records st if it is newer than what is known. A relayed state

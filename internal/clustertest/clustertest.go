@@ -1,0 +1,362 @@
+// Package clustertest builds herd's real binaries once and runs real
+// clusters of them on loopback for tests: one front and N nodes, each node
+// on its own loopback IP (127.0.0.1x) like a separate host, every port
+// chosen by the kernel.
+package clustertest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herd-run/herd/internal/runfile"
+)
+
+// Binaries are the paths of the built programs.
+type Binaries struct {
+	Front, Node, Ctl, Hello string
+}
+
+var (
+	buildOnce sync.Once
+	built     Binaries
+	buildErr  error
+)
+
+// Build compiles herd-front, herd-node, herdctl and examples/hello once per
+// test process.
+func Build(t testing.TB) Binaries {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "herd-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		built = Binaries{
+			Front: filepath.Join(dir, "herd-front"),
+			Node:  filepath.Join(dir, "herd-node"),
+			Ctl:   filepath.Join(dir, "herdctl"),
+			Hello: filepath.Join(dir, "hello"),
+		}
+		for out, pkg := range map[string]string{built.Front: "./cmd/front", built.Node: "./cmd/node", built.Ctl: "./cmd/ctl", built.Hello: "./examples/hello"} {
+			cmd := exec.Command("go", "build", "-o", out, pkg)
+			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if b, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return built
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the herd module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// Proc is one running herd process.
+type Proc struct {
+	Name    string
+	DataDir string
+	Addrs   map[string]string // from its addrs.json
+	cmd     *exec.Cmd
+	log     *os.File
+	done    chan struct{}
+}
+
+// Log returns what the process wrote so far.
+func (p *Proc) Log() string {
+	b, _ := os.ReadFile(p.log.Name())
+	return string(b)
+}
+
+// Stop sends SIGTERM and waits up to timeout for a graceful exit, then
+// kills it. It reports whether the exit was graceful (status 0 in time).
+func (p *Proc) Stop(timeout time.Duration) bool {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.Success()
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.Success()
+	case <-time.After(timeout):
+		p.cmd.Process.Kill()
+		<-p.done
+		return false
+	}
+}
+
+// Cluster is one front and some nodes.
+type Cluster struct {
+	T     testing.TB
+	Bin   Binaries
+	Dir   string
+	Front *Proc
+	Nodes []*Proc
+}
+
+// NodeIP is the loopback address node i (from 1) advertises and its
+// workers bind, so each node looks like a host of its own.
+func NodeIP(i int) string { return fmt.Sprintf("127.0.0.%d", 10+i) }
+
+// Start runs a front and n nodes and waits until the front sees every node
+// alive. Everything is stopped when the test ends.
+func Start(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{T: t, Bin: Build(t), Dir: t.TempDir()}
+	t.Cleanup(c.stopAll)
+	c.Front = c.start("front", c.Bin.Front,
+		"--name", "front-1", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+		"--admin", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--deploy-timeout", "30s")
+	for i := 1; i <= n; i++ {
+		c.StartNode(i)
+	}
+	c.WaitMembers(n + 1)
+	return c
+}
+
+// StartNode starts node i (named node-i) joined to the front.
+func (c *Cluster) StartNode(i int) *Proc {
+	ip := NodeIP(i)
+	p := c.start(fmt.Sprintf("node-%d", i), c.Bin.Node,
+		"--name", fmt.Sprintf("node-%d", i), "--advertise", ip,
+		"--gossip", ip+":0", "--grpc", ip+":0", "--join", c.Front.Addrs["gossip"],
+		"--port-range", fmt.Sprintf("%d-%d", 30000+i*1000, 30999+i*1000))
+	c.Nodes = append(c.Nodes, p)
+	return p
+}
+
+func (c *Cluster) start(name, bin string, args ...string) *Proc {
+	t := c.T
+	t.Helper()
+	dataDir := filepath.Join(c.Dir, name)
+	log, err := os.Create(filepath.Join(c.Dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append([]string{"--data-dir", dataDir, "--log-level", "debug"}, args...)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &Proc{Name: name, DataDir: dataDir, cmd: cmd, log: log, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if addrs, err := runfile.Read(dataDir); err == nil {
+			p.Addrs = addrs
+			return p
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited at start: %v\n%s", name, cmd.ProcessState, p.Log())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not write %s in time\n%s", name, runfile.Name, p.Log())
+		}
+	}
+}
+
+func (c *Cluster) stopAll() {
+	for _, p := range append(c.Nodes, c.Front) {
+		if p != nil && !p.Stop(15*time.Second) {
+			c.T.Logf("%s did not stop gracefully; its log:\n%s", p.Name, p.Log())
+		}
+	}
+	if c.T.Failed() {
+		for _, p := range append([]*Proc{c.Front}, c.Nodes...) {
+			if p != nil {
+				c.T.Logf("--- %s log ---\n%s", p.Name, tail(p.Log(), 60))
+			}
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Result is a finished herdctl run.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Ctl runs herdctl against the front.
+func (c *Cluster) Ctl(args ...string) Result {
+	c.T.Helper()
+	return RunCtl(c.T, c.Bin.Ctl, append([]string{"--addr", c.Front.Addrs["grpc"]}, args...)...)
+}
+
+// RunCtl runs herdctl with exactly args.
+func RunCtl(t testing.TB, bin string, args ...string) Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("herdctl %v: %v", args, err)
+	}
+	return Result{Stdout: out.String(), Stderr: errb.String(), Code: code}
+}
+
+// CtlJSON runs herdctl -o json and decodes its answer into v.
+func (c *Cluster) CtlJSON(v any, args ...string) {
+	c.T.Helper()
+	r := c.Ctl(append([]string{"-o", "json"}, args...)...)
+	if r.Code != 0 {
+		c.T.Fatalf("herdctl %v: exit %d: %s", args, r.Code, r.Stderr)
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), v); err != nil {
+		c.T.Fatalf("herdctl %v: %v\n%s", args, err, r.Stdout)
+	}
+}
+
+// WaitMembers waits until herdctl nodes lists want members, all alive.
+func (c *Cluster) WaitMembers(want int) {
+	c.T.Helper()
+	var last string
+	ok := Eventually(20*time.Second, func() bool {
+		var resp struct {
+			Members []struct {
+				Name  string `json:"name"`
+				State string `json:"state"`
+			} `json:"members"`
+		}
+		c.CtlJSON(&resp, "nodes")
+		alive := 0
+		for _, m := range resp.Members {
+			if m.State == "MEMBER_STATE_ALIVE" {
+				alive++
+			}
+		}
+		last = fmt.Sprint(resp.Members)
+		return alive == want
+	})
+	if !ok {
+		c.T.Fatalf("cluster did not reach %d alive members; last seen %s", want, last)
+	}
+}
+
+// HelloDir makes a release directory holding the hello binary and extra
+// files (name -> content), so different extras make different releases.
+func (c *Cluster) HelloDir(extra map[string]string) string {
+	c.T.Helper()
+	dir, err := os.MkdirTemp(c.Dir, "release-")
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	b, err := os.ReadFile(c.Bin.Hello)
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hello"), b, 0o755); err != nil {
+		c.T.Fatal(err)
+	}
+	for name, content := range extra {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			c.T.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// Hello is examples/hello's answer.
+type Hello struct {
+	App, Release, Node, Worker string
+	Pid                        int
+}
+
+// client has no proxy and no connection reuse, so every request takes a
+// fresh path through the front.
+var client = &http.Client{
+	Timeout:   10 * time.Second,
+	Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
+}
+
+// Get sends GET path with the Host header host through the front.
+func (c *Cluster) Get(host, path string) (int, []byte, error) {
+	req, err := http.NewRequest("GET", "http://"+c.Front.Addrs["http"]+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// GetHello sends GET / for host and decodes hello's answer.
+func (c *Cluster) GetHello(host string) (Hello, error) {
+	var h Hello
+	code, body, err := c.Get(host, "/")
+	if err != nil {
+		return h, err
+	}
+	if code != http.StatusOK {
+		return h, fmt.Errorf("status %d: %s", code, body)
+	}
+	return h, json.Unmarshal(body, &h)
+}
+
+// Eventually polls cond every 100 ms until it holds or timeout passes.
+func Eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
