@@ -147,14 +147,19 @@ func Start(t testing.TB, n int) *Cluster {
 	return c
 }
 
-// StartNode starts node i (named node-i) joined to the front.
+// StartNode starts node i (named node-i) joined to the front; a node
+// started again after a stop keeps its data dir.
 func (c *Cluster) StartNode(i int) *Proc {
 	ip := NodeIP(i)
 	p := c.start(fmt.Sprintf("node-%d", i), c.Bin.Node,
 		"--name", fmt.Sprintf("node-%d", i), "--advertise", ip,
 		"--gossip", ip+":0", "--grpc", ip+":0", "--join", c.Front.Addrs["gossip"],
 		"--port-range", fmt.Sprintf("%d-%d", 30000+i*1000, 30999+i*1000))
-	c.Nodes = append(c.Nodes, p)
+	if i <= len(c.Nodes) {
+		c.Nodes[i-1] = p
+	} else {
+		c.Nodes = append(c.Nodes, p)
+	}
 	return p
 }
 
@@ -162,11 +167,14 @@ func (c *Cluster) start(name, bin string, args ...string) *Proc {
 	t := c.T
 	t.Helper()
 	dataDir := filepath.Join(c.Dir, name)
-	log, err := os.Create(filepath.Join(c.Dir, name+".log"))
+	log, err := os.OpenFile(filepath.Join(c.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	args = append([]string{"--data-dir", dataDir, "--log-level", "debug"}, args...)
+	// A restarted process must not be mistaken for ready by its
+	// predecessor's file.
+	os.Remove(filepath.Join(dataDir, runfile.Name))
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {

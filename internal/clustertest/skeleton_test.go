@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -223,4 +224,49 @@ func TestCtlBadInput(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestNodeRestartServesAgain: a node stopped with SIGTERM stops its workers
+// and leaves; the front stops routing to it at once, and once it is started
+// again from the same data dir it runs its app again and gets traffic.
+func TestNodeRestartServesAgain(t *testing.T) {
+	c := Start(t, 2)
+	if r := deployHello(c, c.HelloDir(nil)); r.Code != 0 {
+		t.Fatalf("deploy: exit %d: %s", r.Code, r.Stderr)
+	}
+	var pids []int
+	for range 20 {
+		h, err := c.GetHello(helloHost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Node == "node-2" {
+			pids = append(pids, h.Pid)
+		}
+	}
+	if len(pids) == 0 {
+		t.Fatal("node-2 got no request")
+	}
+
+	if !c.Nodes[1].Stop(20 * time.Second) {
+		t.Fatal("node-2 did not stop gracefully")
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("worker pid %d of node-2 still runs after the node stopped", pid)
+		}
+	}
+	nodes, _, _ := sample(t, c, 20)
+	if nodes["node-2"] != 0 || nodes["node-1"] != 20 {
+		t.Fatalf("after node-2 left want every answer from node-1, got %v", nodes)
+	}
+
+	c.StartNode(2)
+	if !Eventually(20*time.Second, func() bool {
+		nodes, _, _ := sample(t, c, 10)
+		return nodes["node-2"] > 0
+	}) {
+		t.Fatal("restarted node-2 gets no traffic")
+	}
+	checkStatus(t, c, "v1", 2)
 }
