@@ -6,6 +6,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 
@@ -30,6 +31,11 @@ func main() {
 	fs.StringVar(&cfg.Advertise, "advertise", "", "`IP` other members reach this front at (default: the bind IP or a private address)")
 	fs.Var(&join, "join", "gossip `HOST:PORT` of a member to join (repeatable)")
 	fs.DurationVar(&cfg.DeployTimeout, "deploy-timeout", time.Minute, "how long nodes may take to run a release healthy")
+	fs.StringVar(&cfg.AccessLog, "access-log", "off", "access log: off, stdout or a file `PATH`")
+	fs.StringVar(&cfg.AccessLogFormat, "access-log-format", "combined", "access log format: combined (nginx's) or json")
+	var trusted cli.Strings
+	fs.Var(&trusted, "trusted-proxy", "`CIDR` of a proxy in front of this one whose X-Forwarded-*/Forwarded headers are kept (repeatable)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
@@ -41,6 +47,18 @@ func main() {
 		cli.Fail("herd-front", fmt.Errorf("unexpected argument %q", fs.Arg(0)), 2)
 	}
 	cfg.Join = join
+	for _, t := range trusted {
+		pfx, err := netip.ParsePrefix(t)
+		if err != nil {
+			if addr, aerr := netip.ParseAddr(t); aerr == nil {
+				pfx, err = addr.Prefix(addr.BitLen())
+			}
+		}
+		if err != nil {
+			cli.Fail("herd-front", fmt.Errorf("--trusted-proxy %q: want a CIDR or an IP", t), 2)
+		}
+		cfg.TrustedProxies = append(cfg.TrustedProxies, pfx)
+	}
 	log, err := cli.Logger(*logLevel)
 	if err != nil {
 		cli.Fail("herd-front", err, 2)

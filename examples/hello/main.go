@@ -211,6 +211,15 @@ type reply struct {
 	Host   string `json:"host"`
 	Path   string `json:"path"`
 	Method string `json:"method"`
+	// InFlight is how many requests (health checks aside) this process was
+	// serving when this one arrived, itself included: a front that keeps a
+	// sync worker to one request at a time never makes it exceed 1.
+	InFlight int64 `json:"inflight"`
+}
+
+type headersReply struct {
+	reply
+	Headers http.Header `json:"headers"`
 }
 
 type sleepReply struct {
@@ -231,6 +240,7 @@ type server struct {
 	log          *log.Logger
 
 	healthFailing atomic.Bool
+	inflight      atomic.Int64
 
 	hangOnce sync.Once
 	hung     chan struct{} // closed by the first /hang
@@ -258,7 +268,28 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("/echo", s.serveEcho)
 	mux.HandleFunc("/fail-health", s.serveFailHealth)
 	mux.HandleFunc("/hang", s.serveHang)
-	return s.stallIfHung(mux)
+	mux.HandleFunc("/headers", s.serveHeaders)
+	return s.stallIfHung(s.countInFlight(mux))
+}
+
+type inflightKey struct{}
+
+// countInFlight tracks concurrent requests; health checks come from the
+// node, not through the front, so they are not counted.
+func (s *server) countInFlight(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		n := s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), inflightKey{}, n)))
+	})
+}
+
+func (s *server) serveHeaders(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, headersReply{reply: s.reply(r), Headers: r.Header})
 }
 
 // stallIfHung parks every request once /hang has been called, before any
@@ -374,7 +405,8 @@ func (s *server) serveEcho(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) reply(r *http.Request) reply {
-	return reply{identity: s.id, Host: r.Host, Path: r.URL.Path, Method: r.Method}
+	n, _ := r.Context().Value(inflightKey{}).(int64)
+	return reply{identity: s.id, Host: r.Host, Path: r.URL.Path, Method: r.Method, InFlight: n}
 }
 
 // queryInt reads a non-negative integer query parameter and reports whether

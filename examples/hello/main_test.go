@@ -118,7 +118,7 @@ func TestIdentity(t *testing.T) {
 		wantStatus(t, resp, body, http.StatusOK)
 		path, _, _ := strings.Cut(tc.path, "?")
 		m := decodeReply(t, resp, body, tc.method, path)
-		if keys, want := slices.Sorted(maps.Keys(m)), []string{"app", "host", "method", "node", "path", "pid", "release", "worker"}; !slices.Equal(keys, want) {
+		if keys, want := slices.Sorted(maps.Keys(m)), []string{"app", "host", "inflight", "method", "node", "path", "pid", "release", "worker"}; !slices.Equal(keys, want) {
 			t.Errorf("%s %s: keys %v, want %v", tc.method, tc.path, keys, want)
 		}
 	}
@@ -571,5 +571,52 @@ func TestBinaryGracefulStop(t *testing.T) {
 	if !slices.ContainsFunc(logged, func(l string) bool { return strings.Contains(l, "shutting down") }) ||
 		logged[len(logged)-1] != "hello: stopped" {
 		t.Errorf("stderr %q, want a shutdown line and a final %q", logged, "hello: stopped")
+	}
+}
+
+// TestInFlightAndHeaders: overlapping requests see the count of requests in
+// flight (health checks aside), and /headers shows what the request carried.
+func TestInFlightAndHeaders(t *testing.T) {
+	s := newServer(config{id: identity{App: "hello"}}, log.New(io.Discard, "", 0))
+	srv := httptest.NewServer(s.handler())
+	defer srv.Close()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(srv.URL + "/sleep?ms=300")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	var got struct {
+		InFlight int64       `json:"inflight"`
+		Headers  http.Header `json:"headers"`
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for got.InFlight < 2 && time.Now().Before(deadline) {
+		req, _ := http.NewRequest("GET", srv.URL+"/headers", nil)
+		req.Header.Set("X-Test", "yes")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+	}
+	<-done
+	if got.InFlight != 2 {
+		t.Fatalf("a request beside a /sleep saw inflight %d, want 2", got.InFlight)
+	}
+	if got.Headers.Get("X-Test") != "yes" {
+		t.Fatalf("/headers did not show the request's header: %v", got.Headers)
+	}
+	resp, err := http.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n := s.inflight.Load(); n != 0 {
+		t.Fatalf("inflight is %d after every request finished", n)
 	}
 }

@@ -131,15 +131,16 @@ type Cluster struct {
 // workers bind, so each node looks like a host of its own.
 func NodeIP(i int) string { return fmt.Sprintf("127.0.0.%d", 10+i) }
 
-// Start runs a front and n nodes and waits until the front sees every node
-// alive. Everything is stopped when the test ends.
-func Start(t testing.TB, n int) *Cluster {
+// Start runs a front (with extra flags frontArgs) and n nodes and waits
+// until the front sees every node alive. Everything is stopped when the
+// test ends.
+func Start(t testing.TB, n int, frontArgs ...string) *Cluster {
 	t.Helper()
 	c := &Cluster{T: t, Bin: Build(t), Dir: t.TempDir()}
 	t.Cleanup(c.stopAll)
-	c.Front = c.start("front", c.Bin.Front,
+	c.Front = c.start("front", c.Bin.Front, append([]string{
 		"--name", "front-1", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-		"--admin", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--deploy-timeout", "30s")
+		"--admin", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--deploy-timeout", "30s"}, frontArgs...)...)
 	for i := 1; i <= n; i++ {
 		c.StartNode(i)
 	}
@@ -317,6 +318,7 @@ func (c *Cluster) HelloDir(extra map[string]string) string {
 type Hello struct {
 	App, Release, Node, Worker string
 	Pid                        int
+	InFlight                   int `json:"inflight"`
 }
 
 // client has no proxy and no connection reuse, so every request takes a
@@ -328,18 +330,30 @@ var client = &http.Client{
 
 // Get sends GET path with the Host header host through the front.
 func (c *Cluster) Get(host, path string) (int, []byte, error) {
-	req, err := http.NewRequest("GET", "http://"+c.Front.Addrs["http"]+path, nil)
+	resp, body, err := c.Do("GET", host, path, nil, nil)
 	if err != nil {
 		return 0, nil, err
+	}
+	return resp.StatusCode, body, nil
+}
+
+// Do sends a request through the front and reads the whole answer.
+func (c *Cluster) Do(method, host, path string, header http.Header, body io.Reader) (*http.Response, []byte, error) {
+	req, err := http.NewRequest(method, "http://"+c.Front.Addrs["http"]+path, body)
+	if err != nil {
+		return nil, nil, err
 	}
 	req.Host = host
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, body, err
+	b, err := io.ReadAll(resp.Body)
+	return resp, b, err
 }
 
 // GetHello sends GET / for host and decodes hello's answer.

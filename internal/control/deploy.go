@@ -18,6 +18,7 @@ import (
 
 var (
 	appName  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	token    = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_|~-]+$`)
 	hostName = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
@@ -37,6 +38,21 @@ func validateSpec(spec *herdv1.AppSpec) error {
 		return fmt.Errorf("%w: --health %q must start with /", errInvalid, spec.GetHealthPath())
 	case spec.GetPathPrefix() != "" && !strings.HasPrefix(spec.GetPathPrefix(), "/"):
 		return fmt.Errorf("%w: --path %q must start with /", errInvalid, spec.GetPathPrefix())
+	}
+	switch policy, name, _ := strings.Cut(spec.GetBalance(), "="); policy {
+	case "", "p2c", "rr":
+		if name != "" {
+			return fmt.Errorf("%w: --balance %q: %s takes no name", errInvalid, spec.GetBalance(), policy)
+		}
+	case "sticky-cookie", "sticky-header":
+		if !token.MatchString(name) {
+			return fmt.Errorf("%w: --balance %q: want %s=NAME with a cookie or header name", errInvalid, spec.GetBalance(), policy)
+		}
+	default:
+		return fmt.Errorf("%w: --balance %q: want p2c, rr, sticky-cookie=NAME or sticky-header=NAME", errInvalid, spec.GetBalance())
+	}
+	if d := spec.GetQueueTimeout().AsDuration(); d < 0 {
+		return fmt.Errorf("%w: --queue-timeout %v must not be negative", errInvalid, d)
 	}
 	for _, h := range spec.GetHosts() {
 		if !hostName.MatchString(h) {

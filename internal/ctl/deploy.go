@@ -17,15 +17,18 @@ import (
 )
 
 type deployOptions struct {
-	app, dir    string
-	cmd         string
-	workers     uint32
-	concurrency uint32
-	hosts       []string
-	path        string
-	health      string
-	env         []string
-	timeout     time.Duration
+	app, dir     string
+	cmd          string
+	workers      uint32
+	concurrency  uint32
+	hosts        []string
+	path         string
+	health       string
+	env          []string
+	timeout      time.Duration
+	balance      string
+	maxQueue     uint32
+	queueTimeout time.Duration
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -50,12 +53,15 @@ fails keeps its previous release serving.`,
 	f := cmd.Flags()
 	f.StringVar(&o.cmd, "cmd", "", "command each worker runs (required)")
 	f.Uint32Var(&o.workers, "workers", 1, "worker processes per node")
-	f.Uint32Var(&o.concurrency, "concurrency", 1, "requests one worker takes at once (1 for a sync worker)")
+	f.Uint32Var(&o.concurrency, "concurrency", 1, "requests one worker takes at once (1 for a sync worker; 0: no limit)")
 	f.StringArrayVar(&o.hosts, "host", nil, "host name routed to the app, exact or *.domain (repeatable)")
 	f.StringVar(&o.path, "path", "", "path prefix routed to the app (default: all paths)")
 	f.StringVar(&o.health, "health", "/", "path that answers 2xx when a worker is ready")
 	f.StringArrayVar(&o.env, "env", nil, "`K=V` in every worker's environment (repeatable)")
 	f.DurationVar(&o.timeout, "timeout", time.Minute, "how long each node may take to run the release healthy")
+	f.StringVar(&o.balance, "balance", "p2c", "how fronts pick a worker: p2c, rr, sticky-cookie=NAME or sticky-header=NAME")
+	f.Uint32Var(&o.maxQueue, "queue", 1024, "requests a front keeps waiting when every worker is busy (then 503)")
+	f.DurationVar(&o.queueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for a free worker (then 503)")
 	return cmd
 }
 
@@ -76,14 +82,17 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		hosts[i] = strings.ToLower(h)
 	}
 	return &herdv1.AppSpec{
-		Name:        o.app,
-		Command:     o.cmd,
-		Workers:     o.workers,
-		Concurrency: o.concurrency,
-		Hosts:       hosts,
-		PathPrefix:  o.path,
-		HealthPath:  o.health,
-		Env:         env,
+		Name:         o.app,
+		Command:      o.cmd,
+		Workers:      o.workers,
+		Concurrency:  o.concurrency,
+		Hosts:        hosts,
+		PathPrefix:   o.path,
+		HealthPath:   o.health,
+		Env:          env,
+		Balance:      o.balance,
+		MaxQueue:     o.maxQueue,
+		QueueTimeout: durationpb.New(o.queueTimeout),
 	}, nil
 }
 

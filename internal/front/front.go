@@ -6,14 +6,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
 	"github.com/herd-run/herd/internal/cluster"
@@ -37,7 +42,16 @@ type Config struct {
 	Join      []string
 	// DeployTimeout bounds how long nodes may take to run a release healthy.
 	DeployTimeout time.Duration
-	Logger        *slog.Logger
+	// AccessLog is "off", "stdout" or a file path; AccessLogFormat is
+	// "combined" or "json".
+	AccessLog       string
+	AccessLogFormat string
+	// TrustedProxies may set X-Forwarded-*, Forwarded and X-Request-ID.
+	TrustedProxies []netip.Prefix
+	// ShutdownTimeout bounds how long in-flight requests may take to
+	// finish on SIGTERM (default 30 s).
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
 }
 
 // Validate rejects a config that cannot work, naming the flag at fault.
@@ -58,11 +72,31 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--admin %q: want HOST:PORT", c.Admin)
 		}
 	}
+	if c.AccessLogFormat != "" && c.AccessLogFormat != "combined" && c.AccessLogFormat != "json" {
+		return fmt.Errorf("--access-log-format %q: want combined or json", c.AccessLogFormat)
+	}
 	return nil
 }
 
-// Run serves as a front until ctx ends, then stops gracefully: in-flight
-// requests finish (up to 10 s), then it leaves the cluster.
+// openAccessLog returns where the access log goes (nil: nowhere) and how
+// to close it.
+func openAccessLog(dest string) (io.Writer, func(), error) {
+	switch dest {
+	case "", "off":
+		return nil, func() {}, nil
+	case "stdout", "-":
+		return os.Stdout, func() {}, nil
+	}
+	f, err := os.OpenFile(dest, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--access-log: %w", err)
+	}
+	return f, func() { f.Close() }, nil
+}
+
+// Run serves as a front until ctx ends, then stops gracefully: it stops
+// accepting, in-flight requests finish (up to ShutdownTimeout), then it
+// leaves the cluster.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -115,7 +149,21 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	grpcAddr := net.JoinHostPort(host, strconv.Itoa(grpcLis.Addr().(*net.TCPAddr).Port))
 
-	px := proxy.New(log)
+	accessLog, closeLog, err := openAccessLog(cfg.AccessLog)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	px := proxy.New(proxy.Config{
+		Logger:          log,
+		TrustedProxies:  cfg.TrustedProxies,
+		AccessLog:       accessLog,
+		AccessLogFormat: cfg.AccessLogFormat,
+		Metrics:         proxy.NewMetrics(reg),
+	})
+	reg.MustRegister(px.Collector())
 	agents := &control.Agents{}
 	defer agents.Close()
 	var cl *cluster.Cluster
@@ -160,7 +208,7 @@ func Run(ctx context.Context, cfg Config) error {
 	addrs := map[string]string{"http": httpLis.Addr().String(), "grpc": grpcAddr, "gossip": cl.GossipAddr()}
 	var admin *http.Server
 	if adminLis != nil {
-		admin = &http.Server{Handler: adminMux(), ReadHeaderTimeout: 5 * time.Second}
+		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 5 * time.Second}
 		go func() { errc <- serveErr("admin", admin.Serve(adminLis)) }()
 		addrs["admin"] = adminLis.Addr().String()
 	}
@@ -187,7 +235,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 	log.Info("herd-front stopping")
 	cl.Leaving()
-	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := hs.Shutdown(shutCtx); err != nil {
 		log.Warn("http shutdown", "err", err)
@@ -217,8 +268,9 @@ func serveErr(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-func adminMux() *http.ServeMux {
+func adminMux(reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -233,7 +285,7 @@ func routes(st *state.Store, cl *cluster.Cluster) []proxy.Route {
 	if cl == nil {
 		return nil
 	}
-	eps := map[string][]string{}
+	eps := map[string][]proxy.Endpoint{}
 	for _, n := range cl.Nodes() {
 		if n.Member.State != herdv1.MemberState_MEMBER_STATE_ALIVE || n.Leaving || n.State == nil {
 			continue
@@ -241,7 +293,7 @@ func routes(st *state.Store, cl *cluster.Cluster) []proxy.Route {
 		for _, a := range n.State.GetApps() {
 			for _, e := range a.GetEndpoints() {
 				if h, _, err := net.SplitHostPort(e.GetAddress()); err == nil && h == n.Addr {
-					eps[a.GetApp()] = append(eps[a.GetApp()], e.GetAddress())
+					eps[a.GetApp()] = append(eps[a.GetApp()], proxy.Endpoint{Addr: e.GetAddress(), Node: n.Name, Worker: e.GetWorker()})
 				}
 			}
 		}
@@ -250,10 +302,14 @@ func routes(st *state.Store, cl *cluster.Cluster) []proxy.Route {
 	for _, rel := range st.List() {
 		spec := rel.GetSpec()
 		out = append(out, proxy.Route{
-			App:       rel.GetApp(),
-			Hosts:     spec.GetHosts(),
-			Prefix:    spec.GetPathPrefix(),
-			Endpoints: eps[rel.GetApp()],
+			App:          rel.GetApp(),
+			Hosts:        spec.GetHosts(),
+			Prefix:       spec.GetPathPrefix(),
+			Endpoints:    eps[rel.GetApp()],
+			Balance:      spec.GetBalance(),
+			Concurrency:  int(spec.GetConcurrency()),
+			MaxQueue:     int(spec.GetMaxQueue()),
+			QueueTimeout: spec.GetQueueTimeout().AsDuration(),
 		})
 	}
 	return out

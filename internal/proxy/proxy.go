@@ -1,154 +1,229 @@
 // Package proxy is herd-front's request path: it routes a request by Host and
-// path prefix to an app, picks one of the app's ready endpoints, and
-// forwards the request, retrying another endpoint when a connection could
-// not be made (the request never reached the app).
+// path prefix to an app, picks one of the app's ready endpoints (package
+// balance: policies, per-worker concurrency limits, queueing, passive
+// health), and forwards the request over a keep-alive pool per endpoint,
+// retrying where that is safe.
 package proxy
 
 import (
 	"context"
-	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"slices"
+	"net/netip"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/herd-run/herd/internal/balance"
 )
 
-// maxAttempts bounds how many endpoints one request tries.
-const maxAttempts = 3
+// Config is the proxy's configuration. A zero field means its default.
+type Config struct {
+	Logger *slog.Logger
+	// TrustedProxies are peers whose X-Forwarded-*, Forwarded and
+	// X-Request-ID headers are kept (and appended to); everyone else's are
+	// replaced.
+	TrustedProxies []netip.Prefix
+	// AccessLog receives one line per request; nil means no access log.
+	AccessLog io.Writer
+	// AccessLogFormat is "combined" (default) or "json".
+	AccessLogFormat string
+	// Metrics, if set, is where the proxy's Prometheus metrics go.
+	Metrics *Metrics
+	// DialTimeout bounds connecting to a worker (default 5 s).
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for a worker's response
+	// headers (default 60 s).
+	ResponseHeaderTimeout time.Duration
+	// IdleConnTimeout closes pooled worker connections idle this long
+	// (default 1.5 s, below Gunicorn's 2 s keep-alive, so a worker never
+	// closes a connection just as a request goes out on it).
+	IdleConnTimeout time.Duration
+}
 
 // Proxy is an http.Handler. SetRoutes may be called at any time; requests in
 // flight finish on the table they started with.
 type Proxy struct {
-	log       *slog.Logger
-	table     atomic.Pointer[table]
-	transport *http.Transport
-	rp        *httputil.ReverseProxy
+	cfg   Config
+	log   *slog.Logger
+	table atomic.Pointer[table]
+	rp    *httputil.ReverseProxy
+	trust []netip.Prefix
+
+	mu        sync.Mutex // serializes SetRoutes
+	endpoints map[string]*balance.Endpoint
+	apps      map[string]*appStats
 }
 
 // New returns a proxy with no routes (every request gets 404).
-func New(log *slog.Logger) *Proxy {
-	p := &Proxy{log: log}
-	p.transport = &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 64,
-		// Below Gunicorn's default keep-alive of 2 s, so a pooled
-		// connection is never closed by the worker under a new request.
-		IdleConnTimeout:       1500 * time.Millisecond,
-		ResponseHeaderTimeout: 60 * time.Second,
-		ExpectContinueTimeout: time.Second,
+func New(cfg Config) *Proxy {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.ResponseHeaderTimeout <= 0 {
+		cfg.ResponseHeaderTimeout = 60 * time.Second
+	}
+	if cfg.IdleConnTimeout <= 0 {
+		cfg.IdleConnTimeout = 1500 * time.Millisecond
+	}
+	p := &Proxy{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		trust:     cfg.TrustedProxies,
+		endpoints: map[string]*balance.Endpoint{},
+		apps:      map[string]*appStats{},
 	}
 	p.rp = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			// The host is set per attempt by the retrying transport.
-			pr.Out.URL.Host = "upstream"
-			pr.Out.Host = pr.In.Host
-			pr.SetXForwarded()
-		},
-		Transport:    retrying{p},
+		Rewrite:      p.rewrite,
+		Transport:    upstream{p},
 		ErrorHandler: p.fail,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:     slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		// Bytes reach the client as the worker writes them (streaming);
+		// buffering slow clients away from workers is the edge's job.
+		FlushInterval: -1,
 	}
 	p.table.Store(newTable(nil))
 	return p
 }
 
-// SetRoutes replaces the routing table.
+// SetRoutes replaces the routing table. Endpoints that stay keep their
+// counters and pooled connections; the pools of withdrawn ones are closed.
 func (p *Proxy) SetRoutes(routes []Route) {
-	old := p.table.Swap(newTable(routes))
-	if withdrawn(old, routes) {
-		// Idle connections to workers that are going away would only fail
-		// later; closing all idle ones costs a few reconnects.
-		p.transport.CloseIdleConnections()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen := map[string]bool{}
+	apps := map[string]bool{}
+	rs := make([]*route, 0, len(routes))
+	for _, rt := range routes {
+		rt.Prefix = normPrefix(rt.Prefix)
+		r := &route{Route: rt}
+		r.policy, r.stickyName, _ = strings.Cut(rt.Balance, "=")
+		if r.policy == "" {
+			r.policy = balance.P2C
+		}
+		r.app = p.appStatsLocked(rt.App)
+		apps[rt.App] = true
+		r.retry = r.app.retry
+		eps := make([]*balance.Endpoint, 0, len(rt.Endpoints))
+		for _, e := range rt.Endpoints {
+			ep := p.endpoints[e.Addr]
+			if ep == nil {
+				ep = balance.NewEndpoint(e.Addr, e.Node, e.Worker, rt.Concurrency)
+				ep.Transport = p.newTransport()
+				p.endpoints[e.Addr] = ep
+			}
+			ep.SetLimit(rt.Concurrency)
+			seen[e.Addr] = true
+			eps = append(eps, ep)
+		}
+		app := r.app
+		r.set = balance.NewSet(eps, balance.Options{
+			Policy:       r.policy,
+			MaxQueue:     rt.MaxQueue,
+			QueueTimeout: rt.QueueTimeout,
+			OnEject: func(e *balance.Endpoint) {
+				app.ejected()
+				p.log.Warn("endpoint ejected by passive health checks", "app", app.name, "endpoint", e.Addr, "node", e.Node)
+			},
+		})
+		rs = append(rs, r)
+	}
+	p.table.Store(newTable(rs))
+	for addr, ep := range p.endpoints {
+		if !seen[addr] {
+			delete(p.endpoints, addr)
+			// In-flight requests keep their connections; idle ones go now,
+			// and the rest close when their requests finish.
+			ep.Transport.CloseIdleConnections()
+			ep.Transport.DisableKeepAlives = true
+		}
+	}
+	for name := range p.apps {
+		if !apps[name] {
+			delete(p.apps, name)
+		}
 	}
 }
 
-func withdrawn(old *table, routes []Route) bool {
-	now := map[string]bool{}
-	for _, r := range routes {
-		for _, e := range r.Endpoints {
-			now[e] = true
-		}
+func (p *Proxy) newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: p.cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       p.cfg.IdleConnTimeout,
+		ResponseHeaderTimeout: p.cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		// Workers speak HTTP/1.1; compression is the front's business.
+		DisableCompression: true,
 	}
-	for _, rs := range old.exact {
-		for _, r := range rs {
-			if slices.ContainsFunc(r.Endpoints, func(e string) bool { return !now[e] }) {
-				return true
-			}
-		}
-	}
-	for _, w := range old.wild {
-		for _, r := range w.routes {
-			if slices.ContainsFunc(r.Endpoints, func(e string) bool { return !now[e] }) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
-type routeKey struct{}
+type ctxKey struct{}
+
+// reqState is what one request carries through the ReverseProxy.
+type reqState struct {
+	route *route
+	key   string // sticky key
+	start time.Time
+	ep    *balance.Endpoint // the endpoint that answered
+	wait  time.Duration     // time spent queued
+	tries int
+}
+
+var statePool = sync.Pool{New: func() any { return new(reqState) }}
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rt := p.table.Load().match(r.Host, r.URL.Path)
+	start := time.Now()
+	lw := newLogWriter(w)
+	defer lw.release()
+	var rt *route
+	defer func() { p.finish(lw, r, rt, start) }()
+
+	rt = p.table.Load().match(r.Host, r.URL.Path)
 	if rt == nil {
-		http.Error(w, "404 not found", http.StatusNotFound)
+		http.Error(lw, "404 not found", http.StatusNotFound)
 		return
 	}
-	if len(rt.Endpoints) == 0 {
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "503 no ready workers for app "+rt.App, http.StatusServiceUnavailable)
-		return
-	}
-	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, rt)))
-}
+	id := p.requestID(r)
+	lw.reqID = id
+	lw.Header().Set("X-Request-ID", id)
 
-// retrying is the proxy's RoundTripper: it tries the route's endpoints in
-// turn while connecting fails.
-type retrying struct{ p *Proxy }
-
-func (t retrying) RoundTrip(req *http.Request) (*http.Response, error) {
-	rt := req.Context().Value(routeKey{}).(*route)
-	n := len(rt.Endpoints)
-	first := rt.pick()
-	var err error
-	for i := 0; i < n && i < maxAttempts; i++ {
-		req.URL.Host = rt.Endpoints[(first+i)%n]
-		var resp *http.Response
-		resp, err = t.p.transport.RoundTrip(req)
-		if err == nil {
-			return resp, nil
+	st := statePool.Get().(*reqState)
+	*st = reqState{route: rt, start: start}
+	defer statePool.Put(st)
+	if rt.policy == balance.StickyCookie || rt.policy == balance.StickyHeader {
+		st.key = balance.StickyKey(rt.policy, rt.stickyName, r)
+		if st.key == "" && rt.policy == balance.StickyCookie {
+			st.key = newID()
+			http.SetCookie(lw, &http.Cookie{Name: rt.stickyName, Value: st.key, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
 		}
-		// A body may have been partly sent; only a request without one
-		// can be replayed.
-		if !isDialError(err) || (req.Body != nil && req.Body != http.NoBody) {
-			return nil, err
-		}
-		t.p.log.Debug("upstream connect failed; trying another endpoint", "endpoint", req.URL.Host, "err", err)
 	}
-	return nil, err
+	rt.app.active.Add(1)
+	defer rt.app.active.Add(-1)
+	p.rp.ServeHTTP(lw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
+	lw.ep, lw.wait = st.ep, st.wait
 }
 
-func isDialError(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
-}
-
-// fail is the one place where an upstream error becomes a status.
-func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
-	status := http.StatusBadGateway
-	var ne net.Error
-	switch {
-	case r.Context().Err() != nil:
-		// The client went away (nginx's 499); nobody reads the answer.
-		status = 499
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		status = http.StatusGatewayTimeout
+// finish records the request in metrics and the access log.
+func (p *Proxy) finish(lw *logWriter, r *http.Request, rt *route, start time.Time) {
+	d := time.Since(start)
+	app := ""
+	if rt != nil {
+		app = rt.App
+		rt.app.observe(lw.status(), d, lw.wait)
 	}
-	p.log.Warn("upstream request failed", "host", r.Host, "path", r.URL.Path, "status", status, "err", err)
-	w.WriteHeader(status)
+	if p.cfg.Metrics != nil {
+		p.cfg.Metrics.observe(app, lw.status(), d)
+	}
+	if p.cfg.AccessLog != nil {
+		p.writeAccessLog(lw, r, app, d)
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync/atomic"
+	"time"
+
+	"github.com/herd-run/herd/internal/balance"
 )
 
 // Route sends requests for some hosts and a path prefix to an app's
@@ -17,19 +19,36 @@ type Route struct {
 	Hosts []string
 	// Prefix is a path prefix; "" and "/" match every path.
 	Prefix string
-	// Endpoints are host:port addresses of ready workers.
-	Endpoints []string
+	// Endpoints are the app's ready workers on all nodes.
+	Endpoints []Endpoint
+	// Balance is "p2c" (default), "rr", "sticky-cookie=NAME" or
+	// "sticky-header=NAME".
+	Balance string
+	// Concurrency is how many requests one worker takes at once; 0 means
+	// no limit.
+	Concurrency int
+	// MaxQueue and QueueTimeout bound the wait when every worker is busy;
+	// zero means the defaults (1024, 30 s).
+	MaxQueue     int
+	QueueTimeout time.Duration
 }
 
-// route is a Route as the table uses it.
+// Endpoint is one ready worker.
+type Endpoint struct {
+	Addr   string // host:port
+	Node   string
+	Worker string
+}
+
+// route is a Route as the table uses it: with the live endpoint set and
+// the per-app counters.
 type route struct {
 	Route
-	next atomic.Uint64 // round-robin position
-}
-
-// pick returns the index of the endpoint to try first.
-func (r *route) pick() int {
-	return int((r.next.Add(1) - 1) % uint64(len(r.Endpoints)))
+	set        *balance.Set
+	policy     string // balance policy without its NAME
+	stickyName string
+	app        *appStats
+	retry      *retryBudget
 }
 
 // table is an immutable routing table; the proxy swaps whole tables, so a
@@ -44,12 +63,11 @@ type wildRoutes struct {
 	routes []*route
 }
 
-func newTable(routes []Route) *table {
+func newTable(routes []*route) *table {
 	t := &table{exact: map[string][]*route{}}
 	wild := map[string][]*route{}
-	for _, rt := range routes {
-		r := &route{Route: rt}
-		r.Prefix = normPrefix(rt.Prefix)
+	for _, r := range routes {
+		rt := r.Route
 		for _, h := range rt.Hosts {
 			h = strings.ToLower(h)
 			if suffix, ok := strings.CutPrefix(h, "*"); ok {
@@ -117,4 +135,18 @@ func stripPort(hostport string) string {
 		return host
 	}
 	return strings.TrimSuffix(hostport, ".")
+}
+
+// each calls f for every route (a route with several hosts more than once).
+func (t *table) each(f func(*route)) {
+	for _, rs := range t.exact {
+		for _, r := range rs {
+			f(r)
+		}
+	}
+	for _, w := range t.wild {
+		for _, r := range w.routes {
+			f(r)
+		}
+	}
 }

@@ -9,6 +9,7 @@ package herdv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -147,7 +148,15 @@ type AppSpec struct {
 	// Path that answers 2xx once a worker is ready.
 	HealthPath string `protobuf:"bytes,7,opt,name=health_path,json=healthPath,proto3" json:"health_path,omitempty"`
 	// Environment given to every worker.
-	Env           map[string]string `protobuf:"bytes,8,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Env map[string]string `protobuf:"bytes,8,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How fronts pick a worker: "p2c" (default: power of two choices on
+	// in-flight requests weighted by latency), "rr", "sticky-cookie=NAME" or
+	// "sticky-header=NAME".
+	Balance string `protobuf:"bytes,9,opt,name=balance,proto3" json:"balance,omitempty"`
+	// Requests a front keeps waiting for a free worker (0: the default, 1024).
+	MaxQueue uint32 `protobuf:"varint,10,opt,name=max_queue,json=maxQueue,proto3" json:"max_queue,omitempty"`
+	// How long a request may wait for a free worker (0: the default, 30 s).
+	QueueTimeout  *durationpb.Duration `protobuf:"bytes,11,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -234,6 +243,27 @@ func (x *AppSpec) GetHealthPath() string {
 func (x *AppSpec) GetEnv() map[string]string {
 	if x != nil {
 		return x.Env
+	}
+	return nil
+}
+
+func (x *AppSpec) GetBalance() string {
+	if x != nil {
+		return x.Balance
+	}
+	return ""
+}
+
+func (x *AppSpec) GetMaxQueue() uint32 {
+	if x != nil {
+		return x.MaxQueue
+	}
+	return 0
+}
+
+func (x *AppSpec) GetQueueTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.QueueTimeout
 	}
 	return nil
 }
@@ -582,7 +612,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x03\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -593,7 +623,11 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"pathPrefix\x12\x1f\n" +
 	"\vhealth_path\x18\a \x01(\tR\n" +
 	"healthPath\x12+\n" +
-	"\x03env\x18\b \x03(\v2\x19.herd.v1.AppSpec.EnvEntryR\x03env\x1a6\n" +
+	"\x03env\x18\b \x03(\v2\x19.herd.v1.AppSpec.EnvEntryR\x03env\x12\x18\n" +
+	"\abalance\x18\t \x01(\tR\abalance\x12\x1b\n" +
+	"\tmax_queue\x18\n" +
+	" \x01(\rR\bmaxQueue\x12>\n" +
+	"\rqueue_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x01\n" +
@@ -660,20 +694,22 @@ var file_herd_v1_types_proto_goTypes = []any{
 	(*NodeState)(nil),             // 6: herd.v1.NodeState
 	(*GossipState)(nil),           // 7: herd.v1.GossipState
 	nil,                           // 8: herd.v1.AppSpec.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_herd_v1_types_proto_depIdxs = []int32{
-	8, // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
-	2, // 1: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
-	9, // 2: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
-	4, // 3: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
-	5, // 4: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
-	6, // 5: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	8,  // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
+	9,  // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
+	2,  // 2: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
+	10, // 3: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
+	4,  // 4: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
+	5,  // 5: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
+	6,  // 6: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
+	7,  // [7:7] is the sub-list for method output_type
+	7,  // [7:7] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_types_proto_init() }
