@@ -93,7 +93,8 @@ type manager struct {
 	mu   sync.Mutex
 	apps map[string]*appRun
 
-	bg sync.WaitGroup // retiring workers
+	applied *applied
+	bg      sync.WaitGroup // retiring workers
 }
 
 func (m *manager) appLock(app string) *sync.Mutex {
@@ -139,13 +140,13 @@ func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []stri
 	old := m.apps[rel.GetApp()]
 	m.apps[rel.GetApp()] = &appRun{rel: proto.CloneOf(rel), slots: slots}
 	m.mu.Unlock()
-	m.publish()
+	st := m.publish()
 	if err := m.save(); err != nil {
 		log.Error("save node state", "err", err)
 	}
 	log.Info("release running", "workers", len(slots))
 	if old != nil {
-		m.retire(old.slots)
+		m.retire(old.slots, st.GetGeneration())
 	}
 	return nil
 }
@@ -292,13 +293,25 @@ func (m *manager) stopSlots(slots []*slot) {
 	wg.Wait()
 }
 
-// retire stops old workers once the fronts had time to see that they are no
-// longer advertised.
-func (m *manager) retire(slots []*slot) {
+// retire stops withdrawn workers once every front routes by the state of
+// generation gen, which no longer has them.
+func (m *manager) retire(slots []*slot, gen uint64) {
 	m.bg.Go(func() {
-		time.Sleep(m.cfg.RetireDelay)
+		m.awaitFronts(gen)
 		m.stopSlots(slots)
 	})
+}
+
+// awaitFronts waits (at most AckWait) until every live front acknowledged
+// state generation gen.
+func (m *manager) awaitFronts(gen uint64) {
+	start := time.Now()
+	if missing := m.applied.wait(context.Background(), m.cl, gen, m.cfg.AckWait); len(missing) > 0 {
+		m.log.Warn("fronts did not acknowledge the new endpoints in time; stopping workers anyway",
+			"fronts", missing, "waited", m.cfg.AckWait)
+		return
+	}
+	m.log.Debug("every front routes by the new endpoints", "generation", gen, "after", time.Since(start))
 }
 
 // state is the node's account of what it runs: only ready workers are
@@ -333,13 +346,14 @@ func (m *manager) publish() *herdv1.NodeState {
 	return m.cl.SetLocalState(m.state())
 }
 
-// withdraw advertises no endpoints at all (the node is stopping).
+// withdraw advertises no endpoints at all (the node is stopping) and waits
+// until the fronts stopped routing to them.
 func (m *manager) withdraw() {
 	st := m.state()
 	for _, a := range st.Apps {
 		a.Endpoints = nil
 	}
-	m.cl.SetLocalState(st)
+	m.awaitFronts(m.cl.SetLocalState(st).GetGeneration())
 }
 
 // stopAll stops every worker (the node is stopping).

@@ -24,10 +24,10 @@ type Config struct {
 	PortHi    int
 	// StopGrace is how long a worker may take to stop after SIGTERM.
 	StopGrace time.Duration
-	// RetireDelay is how long old workers keep serving after new ones are
-	// advertised, so that every front has switched before they stop.
-	RetireDelay time.Duration
-	Logger      *slog.Logger
+	// AckWait caps how long the node waits for every front to acknowledge
+	// that it stopped routing to withdrawn workers before stopping them.
+	AckWait time.Duration
+	Logger  *slog.Logger
 }
 
 // Defaults fills zero fields.
@@ -41,8 +41,8 @@ func (c *Config) Defaults() {
 	if c.StopGrace == 0 {
 		c.StopGrace = 30 * time.Second
 	}
-	if c.RetireDelay == 0 {
-		c.RetireDelay = 2 * time.Second
+	if c.AckWait == 0 {
+		c.AckWait = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

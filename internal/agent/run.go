@@ -51,12 +51,13 @@ func Run(ctx context.Context, cfg Config) error {
 	grpcAddr := net.JoinHostPort(host, strconv.Itoa(lis.Addr().(*net.TCPAddr).Port))
 
 	m := &manager{
-		cfg:   cfg,
-		log:   log,
-		host:  host,
-		ports: newPortPool(host, cfg.PortLo, cfg.PortHi),
-		store: store,
-		apps:  map[string]*appRun{},
+		cfg:     cfg,
+		log:     log,
+		host:    host,
+		ports:   newPortPool(host, cfg.PortLo, cfg.PortHi),
+		store:   store,
+		apps:    map[string]*appRun{},
+		applied: newApplied(),
 	}
 	m.fetcher = func(ctx context.Context, sources []string, digest string) error {
 		return fetchArtifact(ctx, store, sources, digest)
@@ -105,10 +106,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 	log.Info("herd-node stopping: withdrawing endpoints")
 	cl.Leaving()
+	// Once the fronts route elsewhere, the workers stop gracefully and
+	// finish their requests in flight.
 	m.withdraw()
-	// Fronts drop the endpoints within a gossip round or two; in-flight
-	// requests then finish while the workers stop gracefully.
-	time.Sleep(time.Second)
 	m.stopAll()
 	srv.Stop()
 	if err := cl.Leave(2 * time.Second); err != nil {

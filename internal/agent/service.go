@@ -49,3 +49,8 @@ func toStatus(err error) error {
 	}
 	return status.Error(codes.FailedPrecondition, err.Error())
 }
+
+func (s *service) AckState(_ context.Context, req *herdv1.AckStateRequest) (*herdv1.AckStateResponse, error) {
+	s.m.applied.ack(req.GetFront(), req.GetGeneration())
+	return &herdv1.AckStateResponse{}, nil
+}

@@ -125,6 +125,13 @@ func TestDeployReachesEveryNode(t *testing.T) {
 		t.Fatalf("want 60 v2 answers from 6 workers on 3 nodes; nodes %v, workers %v, releases %v", nodes, workers, releases)
 	}
 	checkStatus(t, c, "v2", 3)
+	// The v1 workers were stopped once the front acknowledged routing
+	// without them, not after a blind wait.
+	for _, n := range c.Nodes {
+		if log := n.Log(); !strings.Contains(log, "every front routes by the new endpoints") || strings.Contains(log, "did not acknowledge") {
+			t.Errorf("%s retired v1 without the front's acknowledgement", n.Name)
+		}
+	}
 
 	if code, _, err := c.Get("other.test", "/"); err != nil || code != http.StatusNotFound {
 		t.Fatalf("unknown host: want 404, got %d %v", code, err)

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -166,9 +168,24 @@ func Run(ctx context.Context, cfg Config) error {
 	reg.MustRegister(px.Collector())
 	agents := &control.Agents{}
 	defer agents.Close()
-	var cl *cluster.Cluster
-	refresh := func() { px.SetRoutes(routes(st, cl)) }
-	cl, err = cluster.New(cluster.Config{
+	// Gossip may call refresh before cluster.New has returned.
+	var clp atomic.Pointer[cluster.Cluster]
+	acks := newAcker(cfg.Name, agents, log)
+	var refreshMu sync.Mutex
+	refresh := func() {
+		cl := clp.Load()
+		if cl == nil {
+			return
+		}
+		// One rebuild at a time, so an older table never replaces a newer
+		// one, and acks follow the table actually in place.
+		refreshMu.Lock()
+		defer refreshMu.Unlock()
+		nodes := cl.Nodes()
+		px.SetRoutes(routes(st.List(), nodes))
+		acks.applied(nodes)
+	}
+	cl, err := cluster.New(cluster.Config{
 		Name:      cfg.Name,
 		Role:      herdv1.Role_ROLE_FRONT,
 		Bind:      cfg.Gossip,
@@ -181,6 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	clp.Store(cl)
 	refresh()
 
 	svc := &control.Service{
@@ -216,6 +234,10 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("write addresses file", "err", err)
 	}
 	log.Info("herd-front serving", "http", addrs["http"], "grpc", grpcAddr, "gossip", addrs["gossip"], "admin", addrs["admin"])
+
+	ackCtx, stopAcks := context.WithCancel(context.Background())
+	defer stopAcks()
+	go acks.run(ackCtx)
 
 	joinCtx, stopJoin := context.WithCancel(ctx)
 	joined := make(chan struct{})
@@ -281,12 +303,9 @@ func adminMux(reg *prometheus.Registry) *http.ServeMux {
 // which hosts) and gossip (which endpoints are ready). A node's endpoints
 // count only on the node's own address, so a node cannot claim traffic for
 // another host.
-func routes(st *state.Store, cl *cluster.Cluster) []proxy.Route {
-	if cl == nil {
-		return nil
-	}
+func routes(apps []*herdv1.Release, nodes []cluster.NodeView) []proxy.Route {
 	eps := map[string][]proxy.Endpoint{}
-	for _, n := range cl.Nodes() {
+	for _, n := range nodes {
 		if n.Member.State != herdv1.MemberState_MEMBER_STATE_ALIVE || n.Leaving || n.State == nil {
 			continue
 		}
@@ -299,7 +318,7 @@ func routes(st *state.Store, cl *cluster.Cluster) []proxy.Route {
 		}
 	}
 	var out []proxy.Route
-	for _, rel := range st.List() {
+	for _, rel := range apps {
 		spec := rel.GetSpec()
 		out = append(out, proxy.Route{
 			App:          rel.GetApp(),

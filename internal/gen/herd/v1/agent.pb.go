@@ -208,6 +208,95 @@ func (x *GetStateResponse) GetState() *NodeState {
 	return nil
 }
 
+type AckStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The front's member name.
+	Front         string `protobuf:"bytes,1,opt,name=front,proto3" json:"front,omitempty"`
+	Generation    uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckStateRequest) Reset() {
+	*x = AckStateRequest{}
+	mi := &file_herd_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckStateRequest) ProtoMessage() {}
+
+func (x *AckStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckStateRequest.ProtoReflect.Descriptor instead.
+func (*AckStateRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AckStateRequest) GetFront() string {
+	if x != nil {
+		return x.Front
+	}
+	return ""
+}
+
+func (x *AckStateRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type AckStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckStateResponse) Reset() {
+	*x = AckStateResponse{}
+	mi := &file_herd_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckStateResponse) ProtoMessage() {}
+
+func (x *AckStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckStateResponse.ProtoReflect.Descriptor instead.
+func (*AckStateResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
 var File_herd_v1_agent_proto protoreflect.FileDescriptor
 
 const file_herd_v1_agent_proto_rawDesc = "" +
@@ -221,10 +310,17 @@ const file_herd_v1_agent_proto_rawDesc = "" +
 	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"\x11\n" +
 	"\x0fGetStateRequest\"<\n" +
 	"\x10GetStateResponse\x12(\n" +
-	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state2\x80\x01\n" +
+	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"G\n" +
+	"\x0fAckStateRequest\x12\x14\n" +
+	"\x05front\x18\x01 \x01(\tR\x05front\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\"\x12\n" +
+	"\x10AckStateResponse2\xc1\x01\n" +
 	"\x05Agent\x126\n" +
 	"\x05Apply\x12\x15.herd.v1.ApplyRequest\x1a\x16.herd.v1.ApplyResponse\x12?\n" +
-	"\bGetState\x12\x18.herd.v1.GetStateRequest\x1a\x19.herd.v1.GetStateResponseB\x8c\x01\n" +
+	"\bGetState\x12\x18.herd.v1.GetStateRequest\x1a\x19.herd.v1.GetStateResponse\x12?\n" +
+	"\bAckState\x12\x18.herd.v1.AckStateRequest\x1a\x19.herd.v1.AckStateResponseB\x8c\x01\n" +
 	"\vcom.herd.v1B\n" +
 	"AgentProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
@@ -240,27 +336,31 @@ func file_herd_v1_agent_proto_rawDescGZIP() []byte {
 	return file_herd_v1_agent_proto_rawDescData
 }
 
-var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_herd_v1_agent_proto_goTypes = []any{
 	(*ApplyRequest)(nil),        // 0: herd.v1.ApplyRequest
 	(*ApplyResponse)(nil),       // 1: herd.v1.ApplyResponse
 	(*GetStateRequest)(nil),     // 2: herd.v1.GetStateRequest
 	(*GetStateResponse)(nil),    // 3: herd.v1.GetStateResponse
-	(*Release)(nil),             // 4: herd.v1.Release
-	(*durationpb.Duration)(nil), // 5: google.protobuf.Duration
-	(*NodeState)(nil),           // 6: herd.v1.NodeState
+	(*AckStateRequest)(nil),     // 4: herd.v1.AckStateRequest
+	(*AckStateResponse)(nil),    // 5: herd.v1.AckStateResponse
+	(*Release)(nil),             // 6: herd.v1.Release
+	(*durationpb.Duration)(nil), // 7: google.protobuf.Duration
+	(*NodeState)(nil),           // 8: herd.v1.NodeState
 }
 var file_herd_v1_agent_proto_depIdxs = []int32{
-	4, // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
-	5, // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
-	6, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
-	6, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
+	6, // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
+	7, // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
+	8, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
+	8, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
 	0, // 4: herd.v1.Agent.Apply:input_type -> herd.v1.ApplyRequest
 	2, // 5: herd.v1.Agent.GetState:input_type -> herd.v1.GetStateRequest
-	1, // 6: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
-	3, // 7: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
+	4, // 6: herd.v1.Agent.AckState:input_type -> herd.v1.AckStateRequest
+	1, // 7: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
+	3, // 8: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
+	5, // 9: herd.v1.Agent.AckState:output_type -> herd.v1.AckStateResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
 	4, // [4:4] is the sub-list for extension extendee
 	0, // [0:4] is the sub-list for field type_name
@@ -278,7 +378,7 @@ func file_herd_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_agent_proto_rawDesc), len(file_herd_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Agent_Apply_FullMethodName    = "/herd.v1.Agent/Apply"
 	Agent_GetState_FullMethodName = "/herd.v1.Agent/GetState"
+	Agent_AckState_FullMethodName = "/herd.v1.Agent/AckState"
 )
 
 // AgentClient is the client API for Agent service.
@@ -37,6 +38,10 @@ type AgentClient interface {
 	Apply(ctx context.Context, in *ApplyRequest, opts ...grpc.CallOption) (*ApplyResponse, error)
 	// GetState returns the node's current state (what gossip relays).
 	GetState(ctx context.Context, in *GetStateRequest, opts ...grpc.CallOption) (*GetStateResponse, error)
+	// AckState tells the node that a front routes by the node's state of at
+	// least this generation. The node waits for every live front's ack
+	// before it stops workers it withdrew (capped by a maximum wait).
+	AckState(ctx context.Context, in *AckStateRequest, opts ...grpc.CallOption) (*AckStateResponse, error)
 }
 
 type agentClient struct {
@@ -67,6 +72,16 @@ func (c *agentClient) GetState(ctx context.Context, in *GetStateRequest, opts ..
 	return out, nil
 }
 
+func (c *agentClient) AckState(ctx context.Context, in *AckStateRequest, opts ...grpc.CallOption) (*AckStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckStateResponse)
+	err := c.cc.Invoke(ctx, Agent_AckState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -81,6 +96,10 @@ type AgentServer interface {
 	Apply(context.Context, *ApplyRequest) (*ApplyResponse, error)
 	// GetState returns the node's current state (what gossip relays).
 	GetState(context.Context, *GetStateRequest) (*GetStateResponse, error)
+	// AckState tells the node that a front routes by the node's state of at
+	// least this generation. The node waits for every live front's ack
+	// before it stops workers it withdrew (capped by a maximum wait).
+	AckState(context.Context, *AckStateRequest) (*AckStateResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -96,6 +115,9 @@ func (UnimplementedAgentServer) Apply(context.Context, *ApplyRequest) (*ApplyRes
 }
 func (UnimplementedAgentServer) GetState(context.Context, *GetStateRequest) (*GetStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetState not implemented")
+}
+func (UnimplementedAgentServer) AckState(context.Context, *AckStateRequest) (*AckStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AckState not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -154,6 +176,24 @@ func _Agent_GetState_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_AckState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).AckState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_AckState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).AckState(ctx, req.(*AckStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +208,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetState",
 			Handler:    _Agent_GetState_Handler,
+		},
+		{
+			MethodName: "AckState",
+			Handler:    _Agent_AckState_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
