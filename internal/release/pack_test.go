@@ -113,7 +113,8 @@ func TestPackDeterministic(t *testing.T) {
 	}
 
 	// Same content elsewhere, created in a different order and with a
-	// different directory history, packs the same.
+	// different directory history (and so directory mtimes), packs the
+	// same.
 	other := t.TempDir()
 	if err := os.WriteFile(filepath.Join(other, "junk"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -127,6 +128,12 @@ func TestPackDeterministic(t *testing.T) {
 	}
 	if err := os.Remove(filepath.Join(other, "junk")); err != nil {
 		t.Fatal(err)
+	}
+	for _, d := range []string{".", "static", "empty"} {
+		old := time.Unix(1e9, 0)
+		if err := os.Chtimes(filepath.Join(other, d), old, old); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if d, _ := pack(t, other); d != d1 {
 		t.Errorf("same content in another dir: digest %s, want %s", d, d1)

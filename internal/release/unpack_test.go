@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +110,8 @@ var unsafeCases = []struct {
 	{"absolute", []entry{file("/etc/x", "x")}, "/etc/x"},
 	{"nested dotdot", []entry{file("a/../../x", "x")}, "a/../../x"},
 	{"inner dotdot", []entry{file("a/b", "b"), file("a/../c", "c")}, "a/../c"},
+	{"absolute symlink", []entry{symlink("etc", "/etc")}, "etc"},
+	{"absolute symlink to root", []entry{symlink("root", "/")}, "root"},
 	{"absolute symlink then write through it", []entry{symlink("link", "/etc"), file("link/passwd", "root::0:0::/:/bin/sh")}, "link"},
 	{"write through inner symlink", []entry{dir("sub"), symlink("link", "sub"), file("link/passwd", "x")}, "link/passwd"},
 	{"symlink then implicit dir below it", []entry{symlink("link", "sub"), dir("link/d/")}, "link/d/"},
@@ -347,6 +350,23 @@ func TestUnpackHeaderUnderstatesSize(t *testing.T) {
 	err := Unpack(bytes.NewReader(gzipBytes(t, buf.Bytes())), dest, Limits{MaxFiles: 10, MaxBytes: 100})
 	if err == nil {
 		t.Fatal("Unpack accepted an archive with undeclared file contents")
+	}
+	checkRoot(t, root, false)
+}
+
+// A file whose header already exceeds the limit is refused before its
+// contents are read (or written to disk).
+func TestUnpackRejectsDeclaredSizeEarly(t *testing.T) {
+	big := make([]byte, 1<<20)
+	rand.NewChaCha8([32]byte{}).Read(big) // incompressible, so compressed bytes read track file bytes
+	data := archive(t, file("big", string(big)))
+	r := &countingReader{r: bytes.NewReader(data)}
+	root, dest := destIn(t)
+	if err := Unpack(r, dest, Limits{MaxFiles: 10, MaxBytes: 512 << 10}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge", err)
+	}
+	if r.n > 64<<10 {
+		t.Errorf("read %d of %d compressed bytes before refusing", r.n, len(data))
 	}
 	checkRoot(t, root, false)
 }
