@@ -10,9 +10,13 @@ import (
 
 	"github.com/herd-run/herd/internal/agent"
 	"github.com/herd-run/herd/internal/cli"
+	"github.com/herd-run/herd/internal/supervisor"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == supervisor.ShimArg {
+		os.Exit(supervisor.RunShim(os.Args[2:]))
+	}
 	var cfg agent.Config
 	var join cli.Strings
 	fs := flag.NewFlagSet("herd-node", flag.ContinueOnError)
@@ -48,6 +52,9 @@ func main() {
 	cfg.Join = join
 	if cfg.Logger, err = cli.Logger(*logLevel); err != nil {
 		cli.Fail("herd-node", err, 2)
+	}
+	if cfg.Shim, err = os.Executable(); err != nil {
+		cli.Fail("herd-node", fmt.Errorf("find herd-node's own executable for the worker shim: %w", err), 1)
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()

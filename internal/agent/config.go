@@ -27,7 +27,11 @@ type Config struct {
 	// AckWait caps how long the node waits for every front to acknowledge
 	// that it stopped routing to withdrawn workers before stopping them.
 	AckWait time.Duration
-	Logger  *slog.Logger
+	// Shim is the herd-node executable, re-run as each worker's shim so
+	// that a worker's whole process group dies with the node; empty runs
+	// workers without one.
+	Shim   string
+	Logger *slog.Logger
 }
 
 // Defaults fills zero fields.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -91,6 +92,7 @@ type Proc struct {
 	cmd     *exec.Cmd
 	log     *os.File
 	done    chan struct{}
+	killed  bool
 }
 
 // Log returns what the process wrote so far.
@@ -202,7 +204,7 @@ func (c *Cluster) start(name, bin string, args ...string) *Proc {
 
 func (c *Cluster) stopAll() {
 	for _, p := range append(c.Nodes, c.Front) {
-		if p != nil && !p.Stop(15*time.Second) {
+		if p != nil && !p.killed && !p.Stop(15*time.Second) {
 			c.T.Logf("%s did not stop gracefully; its log:\n%s", p.Name, p.Log())
 		}
 	}
@@ -381,4 +383,29 @@ func Eventually(timeout time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Kill SIGKILLs the process (no graceful anything) and waits for it.
+func (p *Proc) Kill() {
+	p.killed = true
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+// ProcsUnder lists live processes whose working directory is inside dir
+// (a node's workers run in its releases).
+func ProcsUnder(dir string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if err == nil && strings.HasPrefix(cwd, dir+string(filepath.Separator)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

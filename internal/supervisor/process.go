@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +32,10 @@ type ProcessConfig struct {
 	Dir     string    // working directory
 	Env     []string  // the complete environment (nothing inherited from herd-node)
 	Output  io.Writer // optional; receives stdout and stderr as written (in addition to the tail)
+	// Shim, if set, is the herd-node executable: the command then runs
+	// under a shim (see RunShim) that kills its whole process group if
+	// herd-node dies, even by SIGKILL.
+	Shim string
 }
 
 // Process is one running worker command in its own process group.
@@ -50,7 +55,8 @@ type Process struct {
 }
 
 // StartProcess starts the command in its own process group. The child gets
-// Pdeathsig SIGKILL so that it does not outlive herd-node.
+// a parent-death signal so that it does not outlive herd-node: SIGKILL for
+// a bare command, or a signal the shim catches to kill the whole group.
 func StartProcess(cfg ProcessConfig) (*Process, error) {
 	if cfg.Command == "" {
 		return nil, errors.New("empty command")
@@ -65,6 +71,11 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 		out = io.MultiWriter(p.tail, cfg.Output)
 	}
 	cmd := exec.Command("/bin/sh", "-c", cfg.Command)
+	deathSig := syscall.SIGKILL
+	if cfg.Shim != "" {
+		cmd = exec.Command(cfg.Shim, ShimArg, strconv.Itoa(os.Getpid()), "/bin/sh", "-c", cfg.Command)
+		deathSig = shimDeathSignal
+	}
 	cmd.Dir = cfg.Dir
 	cmd.Env = env
 	// The same writer for both makes exec share one pipe, keeping the
@@ -72,7 +83,7 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.WaitDelay = pipeDrainDelay
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: deathSig}
 
 	started := make(chan error, 1)
 	go func() {
