@@ -39,7 +39,38 @@ type WorkerConfig struct {
 	// OnChange is called when readiness flips, from the worker's goroutine and
 	// never concurrently for one worker. It must not block.
 	OnChange func(ready bool)
-	Logger   *slog.Logger // nil discards
+	// OnSick is called (from the worker's goroutine; it must not block)
+	// when a ready process failed Failures probes in a row, with the reason.
+	// The owner is expected to replace the worker (start a new one first)
+	// or call Restart. Nil means restart it at once.
+	OnSick func(reason string)
+	Logger *slog.Logger // nil discards
+}
+
+// Worker states, as Status reports them.
+const (
+	StateStarting     = "starting"      // running, not yet ready
+	StateReady        = "ready"         // passing health checks
+	StateUnhealthy    = "unhealthy"     // was ready, now failing health checks
+	StateBackoff      = "backoff"       // exited; waiting to start again
+	StateCrashLooping = "crash-looping" // exited again and again without staying up
+	StateStopping     = "stopping"
+	StateStopped      = "stopped"
+)
+
+// crashLoopAfter is how many runs in a row that did not stay up make a
+// worker crash-looping (its restarts are then 8 s and more apart).
+const crashLoopAfter = 3
+
+// Status is a snapshot of a worker.
+type Status struct {
+	Pid       int // 0 between runs
+	State     string
+	Restarts  int
+	StartedAt time.Time // of the current run
+	// LastExit says how the previous run ended ("" if there was none).
+	LastExit  string
+	LastProbe string // "" when the last probe passed
 }
 
 // Worker runs a process for the slot, probes it, restarts it when it exits
@@ -62,6 +93,10 @@ type Worker struct {
 	ready     bool
 	restarts  int
 	lastProbe error
+	state     string
+	startedAt time.Time
+	lastExit  string
+	restart   chan string // Restart's requests
 }
 
 // StartWorker starts supervising the slot in the background.
@@ -97,6 +132,8 @@ func StartWorker(cfg WorkerConfig) *Worker {
 		cancel:  cancel,
 		done:    make(chan struct{}),
 		settled: make(chan struct{}),
+		state:   StateStarting,
+		restart: make(chan string, 1),
 	}
 	go w.run()
 	return w
@@ -107,22 +144,37 @@ func (w *Worker) run() {
 	defer w.settle(fmt.Errorf("worker %s was stopped before it was ready", w.cfg.ID))
 
 	delay := w.cfg.Backoff
+	crashes := 0
 	for {
 		p, err := StartProcess(w.cfg.Process)
 		if err != nil {
 			w.log.Error("worker failed to start", "err", err)
 			w.settle(fmt.Errorf("worker %s could not start: %w", w.cfg.ID, err))
+			w.setState(StateBackoff, "could not start: "+err.Error())
+			crashes++
 		} else {
 			w.mu.Lock()
 			w.proc = p
+			w.state = StateStarting
+			w.startedAt = time.Now()
 			w.mu.Unlock()
 			w.log.Info("worker started", "pid", p.Pid())
 			if w.supervise(p) {
 				delay = w.cfg.Backoff
+				crashes = 0
+			} else {
+				crashes++
 			}
 		}
 		if w.ctx.Err() != nil {
+			w.setState(StateStopped, "")
 			return
+		}
+		if crashes >= crashLoopAfter {
+			w.setState(StateCrashLooping, "")
+			w.log.Error("worker is crash-looping", "crashes_in_a_row", crashes, "next_start_in", delay)
+		} else {
+			w.setState(StateBackoff, "")
 		}
 
 		t := time.NewTimer(delay)
@@ -162,13 +214,23 @@ func (w *Worker) supervise(p *Process) (stable bool) {
 			// Unready first so that the front stops routing here before
 			// the process receives SIGTERM.
 			markUnready()
+			w.setState(StateStopping, "")
 			w.log.Info("worker stopping", "pid", p.Pid())
 			p.Stop(w.cfg.StopGrace)
 			w.log.Info("worker stopped", "pid", p.Pid(), "exit", exitText(p.ExitError()))
+			w.setState(StateStopping, exitText(p.ExitError()))
 			return stable
+		case reason := <-w.restart:
+			markUnready()
+			w.log.Warn("restarting worker", "pid", p.Pid(), "reason", reason)
+			p.Stop(w.cfg.StopGrace)
+			w.setState(StateBackoff, "restarted: "+reason)
+			// Asked for, not a crash: the next run starts at once.
+			return true
 		case <-p.Done():
 			markUnready()
 			exit := exitText(p.ExitError())
+			w.setState(StateBackoff, exit)
 			w.log.Warn("worker exited", "pid", p.Pid(), "exit", exit, "ready", everReady)
 			if !everReady {
 				w.settle(fmt.Errorf("worker %s %s before it was ready; last output: %s",
@@ -195,15 +257,22 @@ func (w *Worker) supervise(p *Process) (stable bool) {
 				everReady = true
 				readySince = time.Now()
 				w.log.Info("worker ready", "pid", p.Pid())
+				w.setState(StateReady, "")
 				w.setReady(true)
 				w.settle(nil)
 			}
-		case w.Ready():
+		case everReady:
 			failures++
-			if failures >= w.cfg.Failures {
-				failures = 0
-				w.log.Warn("worker unhealthy", "pid", p.Pid(), "probe", err)
+			if failures == w.cfg.Failures {
+				reason := fmt.Sprintf("health check failed %d times in a row: %v", failures, err)
+				w.log.Warn("worker unhealthy", "pid", p.Pid(), "reason", reason)
+				w.setState(StateUnhealthy, "")
 				markUnready()
+				if w.cfg.OnSick != nil {
+					w.cfg.OnSick(reason)
+				} else {
+					w.Restart(reason)
+				}
 			}
 		}
 		if everReady {
@@ -212,6 +281,45 @@ func (w *Worker) supervise(p *Process) (stable bool) {
 			t.Reset(bootProbeInterval)
 		}
 	}
+}
+
+// setState records the state and, if given, how the last run ended.
+func (w *Worker) setState(state, lastExit string) {
+	w.mu.Lock()
+	w.state = state
+	if lastExit != "" {
+		w.lastExit = lastExit
+	}
+	w.mu.Unlock()
+}
+
+// Restart stops the current process (gracefully, as Stop does) and starts
+// a new one after the first backoff delay; reason is logged and kept as the
+// last exit. It does not block.
+func (w *Worker) Restart(reason string) {
+	select {
+	case w.restart <- reason:
+	default: // a restart is already pending
+	}
+}
+
+// Status returns a snapshot of the worker.
+func (w *Worker) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := Status{State: w.state, Restarts: w.restarts, LastExit: w.lastExit}
+	if w.proc != nil {
+		select {
+		case <-w.proc.Done():
+		default:
+			st.Pid = w.proc.Pid()
+			st.StartedAt = w.startedAt
+		}
+	}
+	if w.lastProbe != nil {
+		st.LastProbe = w.lastProbe.Error()
+	}
+	return st
 }
 
 // setReady records readiness and reports a flip; only the supervision

@@ -176,11 +176,15 @@ func TestWorkerRestartsAfterExternalKill(t *testing.T) {
 	}
 }
 
+// With an OnSick hook the owner decides what to do with a sick worker: the
+// worker only turns unready, reports why, and comes back if it recovers.
 func TestWorkerUnreadyAfterFailedProbes(t *testing.T) {
 	checkGoroutines(t)
 	failFile := filepath.Join(t.TempDir(), "fail")
 	cfg, changes := helperWorker(t, "HEALTH_FAIL_FILE="+failFile)
 	cfg.Failures = 3
+	sick := make(chan string, 4)
+	cfg.OnSick = func(reason string) { sick <- reason }
 	w := startWorker(t, cfg)
 	waitReady(t, w)
 	expectChange(t, changes, true)
@@ -198,6 +202,17 @@ func TestWorkerUnreadyAfterFailedProbes(t *testing.T) {
 	if w.Ready() || w.Pid() != pid {
 		t.Errorf("Ready() = %v, Pid() = %d (was %d)", w.Ready(), w.Pid(), pid)
 	}
+	select {
+	case reason := <-sick:
+		if !strings.Contains(reason, "health check failed 3 times in a row: status 503") {
+			t.Errorf("OnSick reason %q", reason)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("OnSick was not called")
+	}
+	if st := w.Status(); st.State != StateUnhealthy || st.LastProbe != "status 503" {
+		t.Errorf("Status() = %+v, want unhealthy with the last probe error", st)
+	}
 
 	if err := os.Remove(failFile); err != nil {
 		t.Fatal(err)
@@ -206,6 +221,47 @@ func TestWorkerUnreadyAfterFailedProbes(t *testing.T) {
 	if w.Pid() != pid || w.Restarts() != 0 {
 		t.Errorf("recovery restarted the process: Pid() = %d (was %d), Restarts() = %d", w.Pid(), pid, w.Restarts())
 	}
+}
+
+// Without an OnSick hook a sick worker is restarted in place.
+func TestWorkerSickIsRestarted(t *testing.T) {
+	checkGoroutines(t)
+	failFile := filepath.Join(t.TempDir(), "fail")
+	cfg, changes := helperWorker(t, "HEALTH_FAIL_FILE="+failFile)
+	cfg.Failures = 2
+	w := startWorker(t, cfg)
+	waitReady(t, w)
+	expectChange(t, changes, true)
+	pid := w.Pid()
+	if err := os.WriteFile(failFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, changes, false)
+	if err := os.Remove(failFile); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, changes, true)
+	st := w.Status()
+	if st.Pid == pid || st.Pid == 0 || w.Restarts() != 1 || st.State != StateReady || !strings.Contains(st.LastExit, "restarted: health check failed 2 times") {
+		t.Errorf("after a sick run: Status() = %+v (old pid %d), Restarts() = %d", st, pid, w.Restarts())
+	}
+}
+
+func TestWorkerCrashLoopIsReported(t *testing.T) {
+	checkGoroutines(t)
+	cfg, _ := helperWorker(t)
+	cfg.Process.Command = "echo boom; exit 1"
+	cfg.Backoff = 10 * time.Millisecond
+	w := startWorker(t, cfg)
+	deadline := time.Now().Add(3 * time.Second)
+	for w.Status().State != StateCrashLooping && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	st := w.Status()
+	if st.State != StateCrashLooping || st.LastExit != "exited with status 1" {
+		t.Fatalf("Status() = %+v, want crash-looping after exits with status 1", st)
+	}
+	w.Stop()
 }
 
 func TestWorkerBackoffGrows(t *testing.T) {
