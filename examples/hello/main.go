@@ -376,7 +376,7 @@ func (s *server) serveStream(w http.ResponseWriter, r *http.Request) {
 		if i > 1 && !sleep(r.Context(), d) {
 			return
 		}
-		if _, err := fmt.Fprintf(w, "line %d of %d %s\n", i, n, s.id.Worker); err != nil {
+		if _, err := fmt.Fprintf(w, "line %d of %d %s %s %s\n", i, n, s.id.Node, s.id.Worker, s.id.Release); err != nil {
 			return
 		}
 		// Without the flush lines would sit in the server's buffer, and a

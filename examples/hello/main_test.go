@@ -258,7 +258,7 @@ func TestStream(t *testing.T) {
 			t.Fatalf("reading line %d: %v", i, err)
 		}
 		arrived = append(arrived, time.Now())
-		if want := "line " + strconv.Itoa(i) + " of 4 hello-v7-2\n"; line != want {
+		if want := "line " + strconv.Itoa(i) + " of 4 node-a hello-v7-2 v7\n"; line != want {
 			t.Errorf("line %d = %q, want %q", i, line, want)
 		}
 	}
@@ -290,7 +290,7 @@ func TestStreamDefaultsAndCap(t *testing.T) {
 			continue
 		}
 		if tc.lines > 0 {
-			want := "line " + strconv.Itoa(tc.lines) + " of " + strconv.Itoa(tc.lines) + " hello-v7-2\n"
+			want := "line " + strconv.Itoa(tc.lines) + " of " + strconv.Itoa(tc.lines) + " node-a hello-v7-2 v7\n"
 			if last := lines[len(lines)-1]; last != want {
 				t.Errorf("/stream%s: last line %q, want %q", tc.query, last, want)
 			}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -64,17 +65,38 @@ func validateRelease(rel *herdv1.Release) error {
 
 // slot is one worker of an app on this node.
 type slot struct {
-	index int
-	port  int
-	w     *supervisor.Worker
-	log   io.Closer
+	index   int
+	port    int
+	release string
+	w       *supervisor.Worker
+	log     io.Closer
+	recycle *time.Timer // max_lifetime; nil without one
+
+	replacing atomic.Bool // a replacement is under way
+	retiring  atomic.Bool // replaced; stopping once fronts route without it
+
+	mu      sync.Mutex
+	noteTxt string
+}
+
+func (s *slot) setNote(n string) {
+	s.mu.Lock()
+	s.noteTxt = n
+	s.mu.Unlock()
+}
+
+func (s *slot) note() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.noteTxt
 }
 
 // appRun is what the node runs of one app: one release's workers.
 type appRun struct {
-	rel     *herdv1.Release
-	slots   []*slot
-	lastErr string
+	rel      *herdv1.Release
+	slots    []*slot
+	retiring []*slot // replaced workers still stopping
+	lastErr  string
 }
 
 // manager runs the node's apps. Apply calls for one app are serialized;
@@ -94,7 +116,10 @@ type manager struct {
 	apps map[string]*appRun
 
 	applied *applied
-	bg      sync.WaitGroup // retiring workers
+	bg      sync.WaitGroup // replacements and retiring workers
+	// ctx ends when the node starts shutting down: no more replacements.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func (m *manager) appLock(app string) *sync.Mutex {
@@ -117,9 +142,13 @@ func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []stri
 	m.mu.Lock()
 	cur := m.apps[rel.GetApp()]
 	same := cur != nil && proto.Equal(cur.rel, rel) && len(cur.slots) == int(rel.GetSpec().GetWorkers())
+	scale := cur != nil && !same && sameButWorkers(cur.rel, rel)
 	m.mu.Unlock()
 	if same {
 		return nil
+	}
+	if scale {
+		return m.scale(ctx, cur, rel)
 	}
 
 	log := m.log.With("app", rel.GetApp(), "release", rel.GetId())
@@ -164,7 +193,7 @@ func (m *manager) failed(app string, err error) error {
 // releaseDir returns the unpacked release, fetching and unpacking the
 // artifact if this node does not have it yet.
 func (m *manager) releaseDir(ctx context.Context, digest string, sources []string) (string, error) {
-	dir := filepath.Join(m.cfg.DataDir, "releases", digest)
+	dir := m.releasePath(digest)
 	if _, err := os.Stat(dir); err == nil {
 		return dir, nil
 	}
@@ -192,10 +221,23 @@ func (m *manager) releaseDir(ctx context.Context, digest string, sources []strin
 	return dir, nil
 }
 
+func (m *manager) releasePath(digest string) string {
+	return filepath.Join(m.cfg.DataDir, "releases", digest)
+}
+
+// readyTimeout is how long a replacement worker may take to get ready.
+func (m *manager) readyTimeout(*herdv1.Release) time.Duration {
+	return defaultApplyTimeout
+}
+
 func (m *manager) startSlots(rel *herdv1.Release, dir string) ([]*slot, error) {
-	n := int(rel.GetSpec().GetWorkers())
-	slots := make([]*slot, 0, n)
-	for i := 1; i <= n; i++ {
+	return m.startRange(rel, dir, 1, int(rel.GetSpec().GetWorkers()))
+}
+
+// startRange starts the slots numbered from..to.
+func (m *manager) startRange(rel *herdv1.Release, dir string, from, to int) ([]*slot, error) {
+	slots := make([]*slot, 0, to-from+1)
+	for i := from; i <= to; i++ {
 		s, err := m.startSlot(rel, dir, i)
 		if err != nil {
 			m.stopSlots(slots)
@@ -223,7 +265,17 @@ func (m *manager) startSlot(rel *herdv1.Release, dir string, index int) (*slot, 
 	}
 	spec := rel.GetSpec()
 	addr := net.JoinHostPort(m.host, strconv.Itoa(port))
-	s := &slot{index: index, port: port, log: logFile}
+	grace := m.cfg.StopGrace
+	if d := spec.GetStopTimeout().AsDuration(); d > 0 {
+		grace = d
+	}
+	s := &slot{index: index, port: port, release: rel.GetId(), log: logFile}
+	app := rel.GetApp()
+	sick := func(reason string) {
+		if s.replacing.CompareAndSwap(false, true) {
+			m.replace(app, s, reason)
+		}
+	}
 	s.w = supervisor.StartWorker(supervisor.WorkerConfig{
 		ID: fmt.Sprintf("%s-%s-%d", rel.GetApp(), rel.GetId(), index),
 		Process: supervisor.ProcessConfig{
@@ -234,10 +286,14 @@ func (m *manager) startSlot(rel *herdv1.Release, dir string, index int) (*slot, 
 			Shim:    m.cfg.Shim,
 		},
 		HealthURL: "http://" + addr + spec.GetHealthPath(),
-		StopGrace: m.cfg.StopGrace,
+		StopGrace: grace,
 		OnChange:  func(bool) { m.publish() },
+		OnSick:    sick,
 		Logger:    m.log.With("app", rel.GetApp(), "release", rel.GetId(), "worker", index),
 	})
+	if d := lifetime(spec.GetMaxLifetime().AsDuration()); d > 0 {
+		s.recycle = time.AfterFunc(d, func() { sick(fmt.Sprintf("max lifetime %v reached", spec.GetMaxLifetime().AsDuration())) })
+	}
 	return s, nil
 }
 
@@ -286,6 +342,9 @@ func (m *manager) stopSlots(slots []*slot) {
 	var wg sync.WaitGroup
 	for _, s := range slots {
 		wg.Go(func() {
+			if s.recycle != nil {
+				s.recycle.Stop()
+			}
 			s.w.Stop()
 			s.log.Close()
 			m.ports.put(s.port)
@@ -359,6 +418,7 @@ func (m *manager) withdraw() {
 
 // stopAll stops every worker (the node is stopping).
 func (m *manager) stopAll() {
+	m.cancel()
 	m.bg.Wait()
 	m.mu.Lock()
 	var all []*slot

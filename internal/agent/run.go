@@ -59,6 +59,8 @@ func Run(ctx context.Context, cfg Config) error {
 		apps:    map[string]*appRun{},
 		applied: newApplied(),
 	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	defer m.cancel()
 	m.fetcher = func(ctx context.Context, sources []string, digest string) error {
 		return fetchArtifact(ctx, store, sources, digest)
 	}
@@ -78,6 +80,8 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Error("restore apps", "err", err)
 	}
 	m.publish()
+
+	go m.watchMemory(m.ctx)
 
 	srv := grpc.NewServer()
 	herdv1.RegisterAgentServer(srv, &service{m: m})

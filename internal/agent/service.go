@@ -54,3 +54,7 @@ func (s *service) AckState(_ context.Context, req *herdv1.AckStateRequest) (*her
 	s.m.applied.ack(req.GetFront(), req.GetGeneration())
 	return &herdv1.AckStateResponse{}, nil
 }
+
+func (s *service) ListWorkers(_ context.Context, req *herdv1.ListWorkersRequest) (*herdv1.ListWorkersResponse, error) {
+	return &herdv1.ListWorkersResponse{Workers: s.m.workers(req.GetApp())}, nil
+}

@@ -179,6 +179,12 @@ func (e *Endpoint) record(o Outcome, now time.Time) bool {
 	if e.fails.Add(1) < threshold {
 		return false
 	}
+	if e.Ejected(now.UnixNano()) {
+		// The requests in flight when it failed: one incident, one
+		// ejection.
+		e.fails.Store(0)
+		return false
+	}
 	e.fails.Store(0)
 	n := e.ejections.Add(1)
 	d := min(ejectBase*time.Duration(n), ejectMax)

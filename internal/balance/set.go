@@ -40,178 +40,255 @@ type Options struct {
 	OnEject func(*Endpoint)
 }
 
-// Set is an app's endpoints and its queue. The endpoints are fixed for the
-// Set's life; the proxy builds a new Set when they change, passing on the
-// Endpoint values so that counters survive.
+// Set is an app's endpoints and its wait queue. It lives as long as the
+// app: Update swaps in a new endpoint list (the Endpoint values that stay
+// keep their counters), and requests waiting in the queue then pick from
+// the new list.
 type Set struct {
-	eps  []*Endpoint
-	opts Options
+	view atomic.Pointer[view]
 	rr   atomic.Uint64
 
 	queued atomic.Int64
 	mu     sync.Mutex
-	wait   []chan struct{} // FIFO of queued requests
+	wait   []*waiter // FIFO of queued requests
+}
+
+// waiter is a queued request and what it may use.
+type waiter struct {
+	ch    chan struct{}
+	key   string
+	tried *Tried
+}
+
+// view is one immutable endpoint list with its options.
+type view struct {
+	eps  []*Endpoint
+	opts Options
 }
 
 // NewSet returns a set over eps.
 func NewSet(eps []*Endpoint, opts Options) *Set {
+	s := &Set{}
+	s.Update(eps, opts)
+	return s
+}
+
+// Update replaces the endpoints and options. Queued requests look again.
+func (s *Set) Update(eps []*Endpoint, opts Options) {
 	if opts.MaxQueue <= 0 {
 		opts.MaxQueue = 1024
 	}
 	if opts.QueueTimeout <= 0 {
 		opts.QueueTimeout = 30 * time.Second
 	}
-	if len(eps) > 64 {
-		// The retry mask has 64 bits; beyond that an app is served by its
-		// first 64 endpoints per front (far more than a front would pick
-		// among per request anyway).
-		rand.Shuffle(len(eps), func(i, j int) { eps[i], eps[j] = eps[j], eps[i] })
-		eps = eps[:64]
-	}
-	return &Set{eps: eps, opts: opts}
+	s.view.Store(&view{eps: eps, opts: opts})
+	s.mu.Lock()
+	s.wakeForLocked(nil)
+	s.mu.Unlock()
 }
 
 // Endpoints returns the set's endpoints; the caller must not modify it.
-func (s *Set) Endpoints() []*Endpoint { return s.eps }
+func (s *Set) Endpoints() []*Endpoint { return s.view.Load().eps }
 
 // Len is the number of endpoints.
-func (s *Set) Len() int { return len(s.eps) }
+func (s *Set) Len() int { return len(s.view.Load().eps) }
 
 // Queued is the number of requests waiting.
 func (s *Set) Queued() int64 { return s.queued.Load() }
 
-// Tried is a set of endpoint indexes a request already tried.
-type Tried uint64
+// maxTried bounds how many endpoints one request remembers having tried.
+const maxTried = 8
 
-// Acquire picks an endpoint for a request and takes one of its slots. key
-// is the sticky key (ignored by other policies); tried excludes endpoints
-// this request already failed on. When every candidate is at its limit the
-// request waits in the queue; the returned wait is how long it waited.
-// The caller must call Release exactly once for a returned endpoint.
-func (s *Set) Acquire(ctx context.Context, key string, tried Tried) (ep *Endpoint, idx int, wait time.Duration, err error) {
-	var start time.Time
-	var timer *time.Timer
-	for {
-		idx, candidates := s.pick(key, tried)
-		if idx >= 0 {
-			if s.eps[idx].tryAcquire() {
-				if !start.IsZero() {
-					wait = time.Since(start)
-				}
-				return s.eps[idx], idx, wait, nil
-			}
-			continue // lost a race for the last slot; pick again
-		}
-		if !candidates {
-			return nil, -1, 0, ErrNoEndpoint
-		}
-		if start.IsZero() {
-			start = time.Now()
-			timer = time.NewTimer(s.opts.QueueTimeout)
-			defer timer.Stop()
-		}
-		if err := s.await(ctx, timer.C); err != nil {
-			return nil, -1, time.Since(start), err
-		}
+// Tried is the endpoints a request already failed on. The zero value is
+// empty; it allocates nothing.
+type Tried struct {
+	eps [maxTried]*Endpoint
+	n   int
+}
+
+// Add records e.
+func (t *Tried) Add(e *Endpoint) {
+	if t.n < maxTried {
+		t.eps[t.n] = e
+		t.n++
 	}
 }
 
-// await queues until a slot frees up somewhere in the set.
-func (s *Set) await(ctx context.Context, timeout <-chan time.Time) error {
-	if s.queued.Add(1) > int64(s.opts.MaxQueue) {
-		s.queued.Add(-1)
-		return ErrQueueFull
-	}
-	defer s.queued.Add(-1)
-	ch := make(chan struct{}, 1)
-	s.mu.Lock()
-	s.wait = append(s.wait, ch)
-	s.mu.Unlock()
-	// A slot may have freed between the pick and joining the queue.
-	if s.anyRoom() {
-		s.remove(ch)
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-timeout:
-		s.remove(ch)
-		return ErrQueueTimeout
-	case <-ctx.Done():
-		s.remove(ch)
-		return ctx.Err()
-	}
-}
-
-func (s *Set) remove(ch chan struct{}) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, c := range s.wait {
-		if c == ch {
-			s.wait = append(s.wait[:i], s.wait[i+1:]...)
-			return
-		}
-	}
-	// Already woken: pass the wake-up on so it is not lost.
-	select {
-	case <-ch:
-		s.wakeLocked()
-	default:
-	}
-}
-
-func (s *Set) wakeLocked() {
-	if len(s.wait) == 0 {
-		return
-	}
-	ch := s.wait[0]
-	s.wait = s.wait[1:]
-	ch <- struct{}{}
-}
-
-func (s *Set) anyRoom() bool {
-	for _, e := range s.eps {
-		if e.hasRoom() {
+// Has reports whether e was tried.
+func (t *Tried) Has(e *Endpoint) bool {
+	for i := 0; i < t.n; i++ {
+		if t.eps[i] == e {
 			return true
 		}
 	}
 	return false
 }
 
+// Acquire picks an endpoint for a request and takes one of its slots. key
+// is the sticky key (ignored by other policies); tried excludes endpoints
+// this request already failed on. When every candidate is at its limit the
+// request waits in the queue; the returned wait is how long it waited.
+// The caller must call Release exactly once for a returned endpoint.
+func (s *Set) Acquire(ctx context.Context, key string, tried *Tried) (ep *Endpoint, wait time.Duration, err error) {
+	var start time.Time
+	var timer *time.Timer
+	for {
+		v := s.view.Load()
+		e, candidates := s.pick(v, key, tried)
+		if e != nil {
+			if e.tryAcquire() {
+				if !start.IsZero() {
+					wait = time.Since(start)
+				}
+				return e, wait, nil
+			}
+			continue // lost a race for the last slot; pick again
+		}
+		if !candidates {
+			return nil, 0, ErrNoEndpoint
+		}
+		if start.IsZero() {
+			start = time.Now()
+			timer = time.NewTimer(v.opts.QueueTimeout)
+			defer timer.Stop()
+		}
+		if err := s.await(ctx, v, key, tried, timer.C); err != nil {
+			return nil, time.Since(start), err
+		}
+	}
+}
+
+// await queues until a slot this request may use frees up (or the
+// endpoints change).
+func (s *Set) await(ctx context.Context, v *view, key string, tried *Tried, timeout <-chan time.Time) error {
+	if s.queued.Add(1) > int64(v.opts.MaxQueue) {
+		s.queued.Add(-1)
+		return ErrQueueFull
+	}
+	defer s.queued.Add(-1)
+	w := &waiter{ch: make(chan struct{}, 1), key: key, tried: tried}
+	s.mu.Lock()
+	s.wait = append(s.wait, w)
+	s.mu.Unlock()
+	// A usable slot may have freed, or the list changed, between the pick
+	// and joining the queue.
+	if s.view.Load() != v {
+		s.remove(w, nil)
+		return nil
+	}
+	if e, _ := s.pick(v, key, tried); e != nil {
+		s.remove(w, e)
+		return nil
+	}
+	select {
+	case <-w.ch:
+		return nil
+	case <-timeout:
+		s.remove(w, nil)
+		return ErrQueueTimeout
+	case <-ctx.Done():
+		s.remove(w, nil)
+		return ctx.Err()
+	}
+}
+
+// remove takes w out of the queue. If w was woken meanwhile, the wake-up is
+// passed on (for endpoint freed, or to everyone if unknown) so it is not
+// lost.
+func (s *Set) remove(w *waiter, freed *Endpoint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, x := range s.wait {
+		if x == w {
+			s.wait = append(s.wait[:i], s.wait[i+1:]...)
+			return
+		}
+	}
+	select {
+	case <-w.ch:
+		s.wakeForLocked(freed)
+	default:
+	}
+}
+
+// wakeForLocked wakes the first waiter that may use freed; with freed nil,
+// every waiter (they all look again).
+func (s *Set) wakeForLocked(freed *Endpoint) {
+	if freed == nil {
+		for _, w := range s.wait {
+			w.ch <- struct{}{}
+		}
+		s.wait = s.wait[:0]
+		return
+	}
+	v := s.view.Load()
+	for i, w := range s.wait {
+		if s.mayUse(v, w, freed) {
+			s.wait = append(s.wait[:i], s.wait[i+1:]...)
+			w.ch <- struct{}{}
+			return
+		}
+	}
+}
+
+// mayUse reports whether a queued request could take e: it did not fail on
+// e already, and, for a sticky request, e is where its key goes.
+func (s *Set) mayUse(v *view, w *waiter, e *Endpoint) bool {
+	if w.tried.Has(e) {
+		return false
+	}
+	if w.key == "" || (v.opts.Policy != StickyCookie && v.opts.Policy != StickyHeader) {
+		return true
+	}
+	now := time.Now().UnixNano()
+	var best *Endpoint
+	var bestScore uint64
+	for _, x := range v.eps {
+		if w.tried.Has(x) || (x.Ejected(now) && x != e) {
+			continue
+		}
+		if h := hrw(w.key, x.Addr); best == nil || h > bestScore {
+			best, bestScore = x, h
+		}
+	}
+	return best == e
+}
+
 // Release returns the slot taken by Acquire and records how the request
-// went (latency feeds the EWMA only for answers).
+// went (latency feeds the average only for answers).
 func (s *Set) Release(e *Endpoint, d time.Duration, o Outcome) {
 	e.inflight.Add(-1)
 	now := time.Now()
 	if o == OK {
 		e.observe(d, now.UnixNano())
 	}
-	if e.record(o, now) && s.opts.OnEject != nil {
-		s.opts.OnEject(e)
+	if e.record(o, now) {
+		if f := s.view.Load().opts.OnEject; f != nil {
+			f(e)
+		}
 	}
 	if s.queued.Load() > 0 {
 		s.mu.Lock()
-		s.wakeLocked()
+		s.wakeForLocked(e)
 		s.mu.Unlock()
 	}
 }
 
-// pick chooses an endpoint index with room, or -1. candidates reports
-// whether any untried endpoint exists at all (if so, waiting makes sense).
-// It allocates nothing.
-func (s *Set) pick(key string, tried Tried) (idx int, candidates bool) {
-	n := len(s.eps)
+// pick chooses an endpoint with room, or nil. candidates reports whether
+// any untried endpoint exists at all (if so, waiting makes sense). It
+// allocates nothing.
+func (s *Set) pick(v *view, key string, tried *Tried) (e *Endpoint, candidates bool) {
+	eps := v.eps
+	n := len(eps)
 	if n == 0 {
-		return -1, false
+		return nil, false
 	}
 	now := time.Now().UnixNano()
 	// Envoy's panic threshold: if most endpoints are ejected, ejection is
 	// probably wrong about them (or everything is down): use them all.
-	ejected := 0
-	untried := 0
-	for i, e := range s.eps {
-		if tried&(1<<uint(i)) != 0 {
+	ejected, untried := 0, 0
+	for _, e := range eps {
+		if tried.Has(e) {
 			continue
 		}
 		untried++
@@ -220,14 +297,13 @@ func (s *Set) pick(key string, tried Tried) (idx int, candidates bool) {
 		}
 	}
 	if untried == 0 {
-		return -1, false
+		return nil, false
 	}
 	ignoreEjection := ejected*2 > n || ejected == untried
-	ok := func(i int) bool {
-		e := s.eps[i]
-		return tried&(1<<uint(i)) == 0 && (ignoreEjection || !e.Ejected(now))
+	ok := func(e *Endpoint) bool {
+		return !tried.Has(e) && (ignoreEjection || !e.Ejected(now))
 	}
-	policy := s.opts.Policy
+	policy := v.opts.Policy
 	if key == "" && (policy == StickyCookie || policy == StickyHeader) {
 		policy = P2C // no affinity yet: the proxy will set a cookie
 	}
@@ -235,50 +311,50 @@ func (s *Set) pick(key string, tried Tried) (idx int, candidates bool) {
 	case RoundRobin:
 		start := int(s.rr.Add(1) % uint64(n))
 		for j := range n {
-			i := (start + j) % n
-			if ok(i) && s.eps[i].hasRoom() {
-				return i, true
+			if e := eps[(start+j)%n]; ok(e) && e.hasRoom() {
+				return e, true
 			}
 		}
 	case StickyCookie, StickyHeader:
 		// Rendezvous hashing: the key keeps its endpoint while it is
 		// there, and only the keys of a removed endpoint move.
-		best, bestScore := -1, uint64(0)
-		for i, e := range s.eps {
-			if !ok(i) {
+		var best *Endpoint
+		var bestScore uint64
+		for _, e := range eps {
+			if !ok(e) {
 				continue
 			}
-			if h := hrw(key, e.Addr); best < 0 || h > bestScore {
-				best, bestScore = i, h
+			if h := hrw(key, e.Addr); best == nil || h > bestScore {
+				best, bestScore = e, h
 			}
 		}
-		if best >= 0 && s.eps[best].hasRoom() {
+		if best != nil && best.hasRoom() {
 			return best, true
 		}
 	default:
-		a := s.sample(n, -1, func(i int) bool { return ok(i) && s.eps[i].hasRoom() })
-		if a < 0 {
+		a := sample(eps, nil, ok)
+		if a == nil {
 			break
 		}
-		b := s.sample(n, a, func(i int) bool { return ok(i) && s.eps[i].hasRoom() })
-		if b >= 0 && s.eps[b].score(now) < s.eps[a].score(now) {
+		if b := sample(eps, a, ok); b != nil && b.score(now) < a.score(now) {
 			a = b
 		}
 		return a, true
 	}
-	return -1, true
+	return nil, true
 }
 
-// sample returns a random index satisfying ok other than not, or -1.
-func (s *Set) sample(n, not int, ok func(int) bool) int {
+// sample returns a random endpoint with room that ok accepts, other than
+// not, or nil.
+func sample(eps []*Endpoint, not *Endpoint, ok func(*Endpoint) bool) *Endpoint {
+	n := len(eps)
 	start := rand.IntN(n)
 	for j := range n {
-		i := (start + j) % n
-		if i != not && ok(i) {
-			return i
+		if e := eps[(start+j)%n]; e != not && ok(e) && e.hasRoom() {
+			return e
 		}
 	}
-	return -1
+	return nil
 }
 
 // hrw is the rendezvous weight of key on addr (FNV-1a over both, then a

@@ -326,7 +326,9 @@ type Hello struct {
 // client has no proxy and no connection reuse, so every request takes a
 // fresh path through the front.
 var client = &http.Client{
-	Timeout:   10 * time.Second,
+	// Longer than a hung worker takes to be found (3 failed health checks
+	// 2 s apart), replaced and stopped, after which its requests are retried.
+	Timeout:   30 * time.Second,
 	Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
 }
 

@@ -34,7 +34,11 @@ func load(c *Cluster, conc int, path string, stop <-chan struct{}, check func(He
 				code, body, err := c.Get(helloHost, path)
 				var h Hello
 				if err == nil && code == http.StatusOK {
-					err = json.Unmarshal(body, &h)
+					if strings.HasPrefix(path, "/stream") {
+						h, err = parseStream(body)
+					} else {
+						err = json.Unmarshal(body, &h)
+					}
 					if err == nil && check != nil {
 						err = check(h)
 					}
@@ -51,6 +55,27 @@ func load(c *Cluster, conc int, path string, stop <-chan struct{}, check func(He
 	}
 	wg.Wait()
 	return n.Load(), failures
+}
+
+// parseStream checks a complete /stream answer ("line i of N NODE WORKER
+// RELEASE" lines, all from one worker) and returns who sent it.
+func parseStream(body []byte) (Hello, error) {
+	lines := strings.Split(strings.TrimSuffix(string(body), "\n"), "\n")
+	var first Hello
+	for i, l := range lines {
+		var n, k int
+		var h Hello
+		if _, err := fmt.Sscanf(l, "line %d of %d %s %s %s", &k, &n, &h.Node, &h.Worker, &h.Release); err != nil || n != len(lines) || k != i+1 {
+			return h, fmt.Errorf("stream line %d of %d is %q", i+1, len(lines), l)
+		}
+		if i == 0 {
+			first = h
+		} else if h != first {
+			return h, fmt.Errorf("one stream came from two workers: %+v and %+v", first, h)
+		}
+	}
+	first.App = "hello"
+	return first, nil
 }
 
 // TestSyncWorkerOneAtATime: with --concurrency 1 a worker never gets a

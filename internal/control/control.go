@@ -100,9 +100,13 @@ func (s *Service) ListNodes(context.Context, *herdv1.ListNodesRequest) (*herdv1.
 }
 
 // Status reports each app's release and, for every live node, what it runs
-// of the app.
-func (s *Service) Status(context.Context, *herdv1.StatusRequest) (*herdv1.StatusResponse, error) {
+// of the app; with workers, each node's worker slots too.
+func (s *Service) Status(ctx context.Context, req *herdv1.StatusRequest) (*herdv1.StatusResponse, error) {
 	nodes := s.liveNodes()
+	var workers map[string][]*herdv1.WorkerStatus
+	if req.GetWorkers() {
+		workers = s.nodeWorkers(ctx, nodes)
+	}
 	resp := &herdv1.StatusResponse{}
 	for _, rel := range s.State.List() {
 		as := &herdv1.AppStatus{Release: rel}
@@ -116,11 +120,44 @@ func (s *Service) Status(context.Context, *herdv1.StatusRequest) (*herdv1.Status
 					ns.Error = a.GetError()
 				}
 			}
+			for _, w := range workers[n.Name] {
+				if w.GetApp() == rel.GetApp() {
+					ns.Workers = append(ns.Workers, w)
+				}
+			}
 			as.Nodes = append(as.Nodes, ns)
 		}
 		resp.Apps = append(resp.Apps, as)
 	}
 	return resp, nil
+}
+
+// nodeWorkers asks every node for its workers at once; a node that does
+// not answer within 2 s is left out (its ready/desired still shows).
+func (s *Service) nodeWorkers(ctx context.Context, nodes []cluster.NodeView) map[string][]*herdv1.WorkerStatus {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := map[string][]*herdv1.WorkerStatus{}
+	for _, n := range nodes {
+		wg.Go(func() {
+			c, err := s.Agents.Client(n.GRPCAddr)
+			if err != nil {
+				return
+			}
+			resp, err := c.ListWorkers(ctx, &herdv1.ListWorkersRequest{})
+			if err != nil {
+				s.Log.Warn("list workers", "node", n.Name, "err", err)
+				return
+			}
+			mu.Lock()
+			out[n.Name] = resp.GetWorkers()
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // liveNodes are the nodes that can take work: alive, not leaving.

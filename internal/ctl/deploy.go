@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +30,9 @@ type deployOptions struct {
 	balance      string
 	maxQueue     uint32
 	queueTimeout time.Duration
+	maxLifetime  time.Duration
+	maxMemory    string
+	stopTimeout  time.Duration
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -62,6 +66,9 @@ fails keeps its previous release serving.`,
 	f.StringVar(&o.balance, "balance", "p2c", "how fronts pick a worker: p2c, rr, sticky-cookie=NAME or sticky-header=NAME")
 	f.Uint32Var(&o.maxQueue, "queue", 1024, "requests a front keeps waiting when every worker is busy (then 503)")
 	f.DurationVar(&o.queueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for a free worker (then 503)")
+	f.DurationVar(&o.maxLifetime, "max-lifetime", 0, "replace a worker after this long, ±10% (a new one takes its place first); 0: never")
+	f.StringVar(&o.maxMemory, "max-memory", "", "replace a worker whose processes use more resident memory than `SIZE` (e.g. 512M, 2G)")
+	f.DurationVar(&o.stopTimeout, "stop-timeout", 0, "how long a worker may take to stop after SIGTERM before it is killed (0: the node's default, 30s)")
 	return cmd
 }
 
@@ -76,6 +83,10 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 			return nil, usageError{fmt.Errorf("--env %q: want K=V", kv)}
 		}
 		env[k] = v
+	}
+	maxMemory, err := parseSize(o.maxMemory)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--max-memory %q: %w", o.maxMemory, err)}
 	}
 	hosts := make([]string, len(o.hosts))
 	for i, h := range o.hosts {
@@ -93,6 +104,9 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		Balance:      o.balance,
 		MaxQueue:     o.maxQueue,
 		QueueTimeout: durationpb.New(o.queueTimeout),
+		MaxLifetime:  durationpb.New(o.maxLifetime),
+		MaxMemory:    maxMemory,
+		StopTimeout:  durationpb.New(o.stopTimeout),
 	}, nil
 }
 
@@ -199,4 +213,35 @@ func printDeploy(w io.Writer, format string, r *herdv1.DeployResult) error {
 	}
 	_, err := fmt.Fprintf(w, "%s %s %s on %d node(s) (artifact %s)\n", rel.GetApp(), verb, rel.GetId(), len(r.GetNodes()), rel.GetDigest()[:12])
 	return err
+}
+
+// parseSize reads a byte count: a number with an optional K, M, G or T
+// suffix (powers of 1024; a trailing "B" or "iB" is allowed). "" is 0.
+func parseSize(s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := uint64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || v == 0 {
+		return 0, errors.New("want a size such as 512M or 2G")
+	}
+	return v * mult, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -11,23 +12,55 @@ import (
 )
 
 func newStatusCmd(g *globals, stdio IO) *cobra.Command {
-	return &cobra.Command{
+	var workers bool
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show each app's release and, per node, ready/desired workers",
-		Args:  exactArgs(),
+		Long: `Show each app's release and, per node, the release it runs and its
+ready/desired workers. With --workers, every worker: its state (starting,
+ready, unhealthy, backoff, crash-looping, retiring), pid, restarts, uptime,
+memory and CPU of its process group, and how its last run ended.`,
+		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withFront(cmd.Context(), g, func(c herdv1.ControlClient) error {
-				resp, err := c.Status(cmd.Context(), &herdv1.StatusRequest{})
+				resp, err := c.Status(cmd.Context(), &herdv1.StatusRequest{Workers: workers})
 				if err != nil {
 					return err
 				}
 				if g.output == "json" {
 					return printJSON(stdio.Out, resp)
 				}
+				if workers {
+					return printWorkers(stdio.Out, resp)
+				}
 				return printStatus(stdio.Out, resp)
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&workers, "workers", false, "list every worker process")
+	return cmd
+}
+
+func printWorkers(w io.Writer, resp *herdv1.StatusResponse) error {
+	t := newTable(w, "APP", "NODE", "WORKER", "RELEASE", "STATE", "PID", "RESTARTS", "UPTIME", "RSS", "CPU", "ADDRESS", "LAST EXIT")
+	for _, a := range resp.GetApps() {
+		for _, n := range a.GetNodes() {
+			for _, wk := range n.GetWorkers() {
+				uptime := "-"
+				if wk.GetStarted() != nil && wk.GetPid() != 0 {
+					uptime = time.Since(wk.GetStarted().AsTime()).Truncate(time.Second).String()
+				}
+				last := wk.GetLastExit()
+				if last == "" {
+					last = "-"
+				}
+				t.row(wk.GetApp(), n.GetNode(), wk.GetIndex(), wk.GetRelease(), wk.GetState(), wk.GetPid(), wk.GetRestarts(),
+					uptime, fmt.Sprintf("%.1fM", float64(wk.GetRssBytes())/(1<<20)), fmt.Sprintf("%.2fs", wk.GetCpuSeconds()),
+					wk.GetAddress(), last)
+			}
+		}
+	}
+	return t.flush()
 }
 
 func printStatus(w io.Writer, resp *herdv1.StatusResponse) error {

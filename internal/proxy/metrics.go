@@ -58,6 +58,7 @@ type appStats struct {
 	m      *Metrics
 	active atomic.Int64
 	retry  *retryBudget
+	set    *balance.Set
 
 	codes    [600]atomic.Pointer[prometheus.Counter]
 	duration prometheus.Observer
@@ -68,7 +69,7 @@ func (p *Proxy) appStatsLocked(name string) *appStats {
 	if a := p.apps[name]; a != nil {
 		return a
 	}
-	a := &appStats{name: name, m: p.cfg.Metrics}
+	a := &appStats{name: name, m: p.cfg.Metrics, set: balance.NewSet(nil, balance.Options{})}
 	a.retry = &retryBudget{active: &a.active}
 	if a.m != nil {
 		a.duration = a.m.duration.WithLabelValues(name)

@@ -124,7 +124,10 @@ func (p *Proxy) SetRoutes(routes []Route) {
 			eps = append(eps, ep)
 		}
 		app := r.app
-		r.set = balance.NewSet(eps, balance.Options{
+		r.set = app.set
+		// The app's Set outlives tables, so requests queued on it pick
+		// from the new endpoints at once.
+		r.set.Update(eps, balance.Options{
 			Policy:       r.policy,
 			MaxQueue:     rt.MaxQueue,
 			QueueTimeout: rt.QueueTimeout,
@@ -145,9 +148,10 @@ func (p *Proxy) SetRoutes(routes []Route) {
 			ep.Transport.DisableKeepAlives = true
 		}
 	}
-	for name := range p.apps {
+	for name, a := range p.apps {
 		if !apps[name] {
 			delete(p.apps, name)
+			a.set.Update(nil, balance.Options{}) // queued requests get 503 now
 		}
 	}
 }

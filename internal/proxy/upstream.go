@@ -34,7 +34,7 @@ func (u upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	var tried balance.Tried
 	var lastErr error
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		ep, idx, wait, err := rt.set.Acquire(req.Context(), st.key, tried)
+		ep, wait, err := rt.set.Acquire(req.Context(), st.key, &tried)
 		st.wait += wait
 		if err != nil {
 			if lastErr != nil && errors.Is(err, balance.ErrNoEndpoint) {
@@ -59,7 +59,7 @@ func (u upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		o := classify(req.Context(), err)
 		rt.set.Release(ep, time.Since(start), o)
-		tried |= 1 << uint(idx)
+		tried.Add(ep)
 		lastErr = err
 		if o == balance.Canceled || !u.mayRetry(rt, req, o) {
 			return nil, err

@@ -104,7 +104,8 @@ func (s *Store) List() []*herdv1.Release {
 }
 
 // Prepare returns the release that deploying spec with digest makes: the
-// current one when nothing changed (changed=false), else a new one with the
+// current one when nothing changed (changed=false), the current one with
+// the new worker count when only that changed, else a new one with the
 // next id. Nothing is recorded until Commit.
 func (s *Store) Prepare(spec *herdv1.AppSpec, digest string) (rel *herdv1.Release, changed bool, err error) {
 	s.mu.Lock()
@@ -114,8 +115,19 @@ func (s *Store) Prepare(spec *herdv1.AppSpec, digest string) (rel *herdv1.Releas
 		r = &appRecord{}
 		s.apps[spec.GetName()] = r
 	}
-	if r.Current != nil && r.Current.GetDigest() == digest && proto.Equal(r.Current.GetSpec(), spec) {
-		return proto.CloneOf(r.Current), false, nil
+	if r.Current != nil && r.Current.GetDigest() == digest {
+		if proto.Equal(r.Current.GetSpec(), spec) {
+			return proto.CloneOf(r.Current), false, nil
+		}
+		// Only the worker count differs: the same release, scaled (nodes
+		// add or remove workers and leave the others alone).
+		a, b := proto.CloneOf(r.Current.GetSpec()), proto.CloneOf(spec)
+		a.Workers, b.Workers = 0, 0
+		if proto.Equal(a, b) {
+			rel = proto.CloneOf(r.Current)
+			rel.Spec = proto.CloneOf(spec)
+			return rel, true, nil
+		}
 	}
 	r.LastID++
 	rel = &herdv1.Release{

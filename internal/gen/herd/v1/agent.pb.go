@@ -297,6 +297,95 @@ func (*AckStateResponse) Descriptor() ([]byte, []int) {
 	return file_herd_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
+type ListWorkersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this app's workers; empty means all.
+	App           string `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersRequest) Reset() {
+	*x = ListWorkersRequest{}
+	mi := &file_herd_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersRequest) ProtoMessage() {}
+
+func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListWorkersRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+type ListWorkersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workers       []*WorkerStatus        `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersResponse) Reset() {
+	*x = ListWorkersResponse{}
+	mi := &file_herd_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersResponse) ProtoMessage() {}
+
+func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListWorkersResponse) GetWorkers() []*WorkerStatus {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
+}
+
 var File_herd_v1_agent_proto protoreflect.FileDescriptor
 
 const file_herd_v1_agent_proto_rawDesc = "" +
@@ -316,11 +405,16 @@ const file_herd_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\"\x12\n" +
-	"\x10AckStateResponse2\xc1\x01\n" +
+	"\x10AckStateResponse\"&\n" +
+	"\x12ListWorkersRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\"F\n" +
+	"\x13ListWorkersResponse\x12/\n" +
+	"\aworkers\x18\x01 \x03(\v2\x15.herd.v1.WorkerStatusR\aworkers2\x8b\x02\n" +
 	"\x05Agent\x126\n" +
 	"\x05Apply\x12\x15.herd.v1.ApplyRequest\x1a\x16.herd.v1.ApplyResponse\x12?\n" +
 	"\bGetState\x12\x18.herd.v1.GetStateRequest\x1a\x19.herd.v1.GetStateResponse\x12?\n" +
-	"\bAckState\x12\x18.herd.v1.AckStateRequest\x1a\x19.herd.v1.AckStateResponseB\x8c\x01\n" +
+	"\bAckState\x12\x18.herd.v1.AckStateRequest\x1a\x19.herd.v1.AckStateResponse\x12H\n" +
+	"\vListWorkers\x12\x1b.herd.v1.ListWorkersRequest\x1a\x1c.herd.v1.ListWorkersResponseB\x8c\x01\n" +
 	"\vcom.herd.v1B\n" +
 	"AgentProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
@@ -336,7 +430,7 @@ func file_herd_v1_agent_proto_rawDescGZIP() []byte {
 	return file_herd_v1_agent_proto_rawDescData
 }
 
-var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_herd_v1_agent_proto_goTypes = []any{
 	(*ApplyRequest)(nil),        // 0: herd.v1.ApplyRequest
 	(*ApplyResponse)(nil),       // 1: herd.v1.ApplyResponse
@@ -344,26 +438,32 @@ var file_herd_v1_agent_proto_goTypes = []any{
 	(*GetStateResponse)(nil),    // 3: herd.v1.GetStateResponse
 	(*AckStateRequest)(nil),     // 4: herd.v1.AckStateRequest
 	(*AckStateResponse)(nil),    // 5: herd.v1.AckStateResponse
-	(*Release)(nil),             // 6: herd.v1.Release
-	(*durationpb.Duration)(nil), // 7: google.protobuf.Duration
-	(*NodeState)(nil),           // 8: herd.v1.NodeState
+	(*ListWorkersRequest)(nil),  // 6: herd.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil), // 7: herd.v1.ListWorkersResponse
+	(*Release)(nil),             // 8: herd.v1.Release
+	(*durationpb.Duration)(nil), // 9: google.protobuf.Duration
+	(*NodeState)(nil),           // 10: herd.v1.NodeState
+	(*WorkerStatus)(nil),        // 11: herd.v1.WorkerStatus
 }
 var file_herd_v1_agent_proto_depIdxs = []int32{
-	6, // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
-	7, // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
-	8, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
-	8, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
-	0, // 4: herd.v1.Agent.Apply:input_type -> herd.v1.ApplyRequest
-	2, // 5: herd.v1.Agent.GetState:input_type -> herd.v1.GetStateRequest
-	4, // 6: herd.v1.Agent.AckState:input_type -> herd.v1.AckStateRequest
-	1, // 7: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
-	3, // 8: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
-	5, // 9: herd.v1.Agent.AckState:output_type -> herd.v1.AckStateResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8,  // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
+	9,  // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
+	10, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
+	11, // 4: herd.v1.ListWorkersResponse.workers:type_name -> herd.v1.WorkerStatus
+	0,  // 5: herd.v1.Agent.Apply:input_type -> herd.v1.ApplyRequest
+	2,  // 6: herd.v1.Agent.GetState:input_type -> herd.v1.GetStateRequest
+	4,  // 7: herd.v1.Agent.AckState:input_type -> herd.v1.AckStateRequest
+	6,  // 8: herd.v1.Agent.ListWorkers:input_type -> herd.v1.ListWorkersRequest
+	1,  // 9: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
+	3,  // 10: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
+	5,  // 11: herd.v1.Agent.AckState:output_type -> herd.v1.AckStateResponse
+	7,  // 12: herd.v1.Agent.ListWorkers:output_type -> herd.v1.ListWorkersResponse
+	9,  // [9:13] is the sub-list for method output_type
+	5,  // [5:9] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_agent_proto_init() }
@@ -378,7 +478,7 @@ func file_herd_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_agent_proto_rawDesc), len(file_herd_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Apply_FullMethodName    = "/herd.v1.Agent/Apply"
-	Agent_GetState_FullMethodName = "/herd.v1.Agent/GetState"
-	Agent_AckState_FullMethodName = "/herd.v1.Agent/AckState"
+	Agent_Apply_FullMethodName       = "/herd.v1.Agent/Apply"
+	Agent_GetState_FullMethodName    = "/herd.v1.Agent/GetState"
+	Agent_AckState_FullMethodName    = "/herd.v1.Agent/AckState"
+	Agent_ListWorkers_FullMethodName = "/herd.v1.Agent/ListWorkers"
 )
 
 // AgentClient is the client API for Agent service.
@@ -42,6 +43,8 @@ type AgentClient interface {
 	// least this generation. The node waits for every live front's ack
 	// before it stops workers it withdrew (capped by a maximum wait).
 	AckState(ctx context.Context, in *AckStateRequest, opts ...grpc.CallOption) (*AckStateResponse, error)
+	// ListWorkers reports every worker slot on the node.
+	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 }
 
 type agentClient struct {
@@ -82,6 +85,16 @@ func (c *agentClient) AckState(ctx context.Context, in *AckStateRequest, opts ..
 	return out, nil
 }
 
+func (c *agentClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWorkersResponse)
+	err := c.cc.Invoke(ctx, Agent_ListWorkers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -100,6 +113,8 @@ type AgentServer interface {
 	// least this generation. The node waits for every live front's ack
 	// before it stops workers it withdrew (capped by a maximum wait).
 	AckState(context.Context, *AckStateRequest) (*AckStateResponse, error)
+	// ListWorkers reports every worker slot on the node.
+	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -118,6 +133,9 @@ func (UnimplementedAgentServer) GetState(context.Context, *GetStateRequest) (*Ge
 }
 func (UnimplementedAgentServer) AckState(context.Context, *AckStateRequest) (*AckStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AckState not implemented")
+}
+func (UnimplementedAgentServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -194,6 +212,24 @@ func _Agent_AckState_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ListWorkers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ListWorkers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ListWorkers(ctx, req.(*ListWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -212,6 +248,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AckState",
 			Handler:    _Agent_AckState_Handler,
+		},
+		{
+			MethodName: "ListWorkers",
+			Handler:    _Agent_ListWorkers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -722,7 +722,9 @@ func (x *NodeResult) GetError() string {
 }
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Also ask every node for its workers (pid, state, restarts, memory...).
+	Workers       bool `protobuf:"varint,1,opt,name=workers,proto3" json:"workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -755,6 +757,13 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_herd_v1_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StatusRequest) GetWorkers() bool {
+	if x != nil {
+		return x.Workers
+	}
+	return false
 }
 
 type StatusResponse struct {
@@ -858,10 +867,12 @@ type AppNodeStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// The release the node actually runs.
-	Release       string `protobuf:"bytes,2,opt,name=release,proto3" json:"release,omitempty"`
-	Ready         uint32 `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
-	Desired       uint32 `protobuf:"varint,4,opt,name=desired,proto3" json:"desired,omitempty"`
-	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	Release string `protobuf:"bytes,2,opt,name=release,proto3" json:"release,omitempty"`
+	Ready   uint32 `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	Desired uint32 `protobuf:"varint,4,opt,name=desired,proto3" json:"desired,omitempty"`
+	Error   string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// Filled when the request asked for workers.
+	Workers       []*WorkerStatus `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -929,6 +940,13 @@ func (x *AppNodeStatus) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *AppNodeStatus) GetWorkers() []*WorkerStatus {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
 }
 
 type ListNodesRequest struct {
@@ -1134,19 +1152,21 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"NodeResult\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\x0f\n" +
-	"\rStatusRequest\"8\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\")\n" +
+	"\rStatusRequest\x12\x18\n" +
+	"\aworkers\x18\x01 \x01(\bR\aworkers\"8\n" +
 	"\x0eStatusResponse\x12&\n" +
 	"\x04apps\x18\x01 \x03(\v2\x12.herd.v1.AppStatusR\x04apps\"e\n" +
 	"\tAppStatus\x12*\n" +
 	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x12,\n" +
-	"\x05nodes\x18\x02 \x03(\v2\x16.herd.v1.AppNodeStatusR\x05nodes\"\x83\x01\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x16.herd.v1.AppNodeStatusR\x05nodes\"\xb4\x01\n" +
 	"\rAppNodeStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\arelease\x18\x02 \x01(\tR\arelease\x12\x14\n" +
 	"\x05ready\x18\x03 \x01(\rR\x05ready\x12\x18\n" +
 	"\adesired\x18\x04 \x01(\rR\adesired\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error\"\x12\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12/\n" +
+	"\aworkers\x18\x06 \x03(\v2\x15.herd.v1.WorkerStatusR\aworkers\"\x12\n" +
 	"\x10ListNodesRequest\">\n" +
 	"\x11ListNodesResponse\x12)\n" +
 	"\amembers\x18\x01 \x03(\v2\x0f.herd.v1.MemberR\amembers\"\xb5\x01\n" +
@@ -1201,8 +1221,9 @@ var file_herd_v1_control_proto_goTypes = []any{
 	(*AppSpec)(nil),                // 19: herd.v1.AppSpec
 	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
 	(*Release)(nil),                // 21: herd.v1.Release
-	(Role)(0),                      // 22: herd.v1.Role
-	(MemberState)(0),               // 23: herd.v1.MemberState
+	(*WorkerStatus)(nil),           // 22: herd.v1.WorkerStatus
+	(Role)(0),                      // 23: herd.v1.Role
+	(MemberState)(0),               // 24: herd.v1.MemberState
 }
 var file_herd_v1_control_proto_depIdxs = []int32{
 	3,  // 0: herd.v1.UploadArtifactRequest.header:type_name -> herd.v1.ArtifactHeader
@@ -1215,26 +1236,27 @@ var file_herd_v1_control_proto_depIdxs = []int32{
 	14, // 7: herd.v1.StatusResponse.apps:type_name -> herd.v1.AppStatus
 	21, // 8: herd.v1.AppStatus.release:type_name -> herd.v1.Release
 	15, // 9: herd.v1.AppStatus.nodes:type_name -> herd.v1.AppNodeStatus
-	18, // 10: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
-	22, // 11: herd.v1.Member.role:type_name -> herd.v1.Role
-	23, // 12: herd.v1.Member.state:type_name -> herd.v1.MemberState
-	0,  // 13: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
-	2,  // 14: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
-	5,  // 15: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
-	7,  // 16: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
-	12, // 17: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
-	16, // 18: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
-	1,  // 19: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
-	4,  // 20: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
-	6,  // 21: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
-	8,  // 22: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
-	13, // 23: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
-	17, // 24: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	22, // 10: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
+	18, // 11: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
+	23, // 12: herd.v1.Member.role:type_name -> herd.v1.Role
+	24, // 13: herd.v1.Member.state:type_name -> herd.v1.MemberState
+	0,  // 14: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
+	2,  // 15: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
+	5,  // 16: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
+	7,  // 17: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
+	12, // 18: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
+	16, // 19: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
+	1,  // 20: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
+	4,  // 21: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
+	6,  // 22: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
+	8,  // 23: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
+	13, // 24: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
+	17, // 25: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
+	20, // [20:26] is the sub-list for method output_type
+	14, // [14:20] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_control_proto_init() }

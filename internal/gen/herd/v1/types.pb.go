@@ -156,7 +156,16 @@ type AppSpec struct {
 	// Requests a front keeps waiting for a free worker (0: the default, 1024).
 	MaxQueue uint32 `protobuf:"varint,10,opt,name=max_queue,json=maxQueue,proto3" json:"max_queue,omitempty"`
 	// How long a request may wait for a free worker (0: the default, 30 s).
-	QueueTimeout  *durationpb.Duration `protobuf:"bytes,11,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	QueueTimeout *durationpb.Duration `protobuf:"bytes,11,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	// A worker older than this (give or take 10%) is replaced: a new one
+	// starts, becomes ready and takes its place before it stops. 0: never.
+	MaxLifetime *durationpb.Duration `protobuf:"bytes,12,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
+	// A worker whose processes use more resident memory than this (bytes) is
+	// replaced the same way. 0: no limit.
+	MaxMemory uint64 `protobuf:"varint,13,opt,name=max_memory,json=maxMemory,proto3" json:"max_memory,omitempty"`
+	// How long a worker may take to stop after SIGTERM before its process
+	// group is killed (0: the node's default, 30 s).
+	StopTimeout   *durationpb.Duration `protobuf:"bytes,14,opt,name=stop_timeout,json=stopTimeout,proto3" json:"stop_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -264,6 +273,27 @@ func (x *AppSpec) GetMaxQueue() uint32 {
 func (x *AppSpec) GetQueueTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.QueueTimeout
+	}
+	return nil
+}
+
+func (x *AppSpec) GetMaxLifetime() *durationpb.Duration {
+	if x != nil {
+		return x.MaxLifetime
+	}
+	return nil
+}
+
+func (x *AppSpec) GetMaxMemory() uint64 {
+	if x != nil {
+		return x.MaxMemory
+	}
+	return 0
+}
+
+func (x *AppSpec) GetStopTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.StopTimeout
 	}
 	return nil
 }
@@ -608,11 +638,142 @@ func (x *GossipState) GetNodes() []*NodeState {
 	return nil
 }
 
+// WorkerStatus is one worker process slot on a node.
+type WorkerStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	App     string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	Release string                 `protobuf:"bytes,2,opt,name=release,proto3" json:"release,omitempty"`
+	// Slot number, 1..workers (HERD_WORKER).
+	Index uint32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// host:port the worker listens on.
+	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	// Pid of the worker's process group leader (0 between runs).
+	Pid int64 `protobuf:"varint,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	// starting, ready, unhealthy, backoff, crash-looping, stopping, retiring.
+	State    string                 `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	Restarts uint32                 `protobuf:"varint,7,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	Started  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started,proto3" json:"started,omitempty"`
+	// How the previous run ended, or why the worker was replaced.
+	LastExit string `protobuf:"bytes,9,opt,name=last_exit,json=lastExit,proto3" json:"last_exit,omitempty"`
+	// Resident memory and CPU time of the worker's whole process group.
+	RssBytes      uint64  `protobuf:"varint,10,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	CpuSeconds    float64 `protobuf:"fixed64,11,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerStatus) Reset() {
+	*x = WorkerStatus{}
+	mi := &file_herd_v1_types_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerStatus) ProtoMessage() {}
+
+func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_types_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
+func (*WorkerStatus) Descriptor() ([]byte, []int) {
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *WorkerStatus) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetRelease() string {
+	if x != nil {
+		return x.Release
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetPid() int64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetRestarts() uint32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *WorkerStatus) GetLastExit() string {
+	if x != nil {
+		return x.LastExit
+	}
+	return ""
+}
+
+func (x *WorkerStatus) GetRssBytes() uint64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *WorkerStatus) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
+}
+
 var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x03\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x04\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -627,7 +788,11 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\abalance\x18\t \x01(\tR\abalance\x12\x1b\n" +
 	"\tmax_queue\x18\n" +
 	" \x01(\rR\bmaxQueue\x12>\n" +
-	"\rqueue_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x1a6\n" +
+	"\rqueue_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x12<\n" +
+	"\fmax_lifetime\x18\f \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12\x1d\n" +
+	"\n" +
+	"max_memory\x18\r \x01(\x04R\tmaxMemory\x12<\n" +
+	"\fstop_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vstopTimeout\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x01\n" +
@@ -655,7 +820,21 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12%\n" +
 	"\x04apps\x18\x04 \x03(\v2\x11.herd.v1.AppStateR\x04apps\"7\n" +
 	"\vGossipState\x12(\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x12.herd.v1.NodeStateR\x05nodes*;\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.herd.v1.NodeStateR\x05nodes\"\xbf\x02\n" +
+	"\fWorkerStatus\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x18\n" +
+	"\arelease\x18\x02 \x01(\tR\arelease\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\rR\x05index\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x10\n" +
+	"\x03pid\x18\x05 \x01(\x03R\x03pid\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12\x1a\n" +
+	"\brestarts\x18\a \x01(\rR\brestarts\x124\n" +
+	"\astarted\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x1b\n" +
+	"\tlast_exit\x18\t \x01(\tR\blastExit\x12\x1b\n" +
+	"\trss_bytes\x18\n" +
+	" \x01(\x04R\brssBytes\x12\x1f\n" +
+	"\vcpu_seconds\x18\v \x01(\x01R\n" +
+	"cpuSeconds*;\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -683,7 +862,7 @@ func file_herd_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_herd_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_herd_v1_types_proto_goTypes = []any{
 	(Role)(0),                     // 0: herd.v1.Role
 	(MemberState)(0),              // 1: herd.v1.MemberState
@@ -693,23 +872,27 @@ var file_herd_v1_types_proto_goTypes = []any{
 	(*AppState)(nil),              // 5: herd.v1.AppState
 	(*NodeState)(nil),             // 6: herd.v1.NodeState
 	(*GossipState)(nil),           // 7: herd.v1.GossipState
-	nil,                           // 8: herd.v1.AppSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*WorkerStatus)(nil),          // 8: herd.v1.WorkerStatus
+	nil,                           // 9: herd.v1.AppSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_herd_v1_types_proto_depIdxs = []int32{
-	8,  // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
-	9,  // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
-	2,  // 2: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
-	10, // 3: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
-	4,  // 4: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
-	5,  // 5: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
-	6,  // 6: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
-	7,  // [7:7] is the sub-list for method output_type
-	7,  // [7:7] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	9,  // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
+	10, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
+	10, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
+	10, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
+	2,  // 4: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
+	11, // 5: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
+	4,  // 6: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
+	5,  // 7: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
+	6,  // 8: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
+	11, // 9: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_types_proto_init() }
@@ -723,7 +906,7 @@ func file_herd_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_types_proto_rawDesc), len(file_herd_v1_types_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
