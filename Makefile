@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build demo test check generate generate-check lint fmt vet clean
+.PHONY: all build demo test bench check generate generate-check lint fmt vet clean
 
 all: build
 
@@ -19,6 +19,11 @@ demo: build
 # integration tests that run the real binaries).
 test: fmt vet
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# herd-front against nginx on the same backend, CPU-pinned (installs nginx
+# and wrk from Debian's packages if missing); see scripts/bench.sh.
+bench:
+	bash scripts/bench.sh
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
