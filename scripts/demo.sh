@@ -19,6 +19,8 @@ go build -o bin/herd-node ./cmd/node
 go build -o bin/herdctl ./cmd/ctl
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/herd-demo.XXXXXX")
+# Under root, workers run as nobody and must reach their releases in here.
+chmod 755 "$work"
 pids=()
 cleanup() {
 	trap - EXIT INT TERM

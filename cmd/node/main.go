@@ -32,6 +32,8 @@ func main() {
 	fs.StringVar(&cfg.GRPC, "grpc", ":7710", "Agent API listener `ADDR` (fronts call it)")
 	labels := fs.String("labels", "", "node labels `k=v,...` (for app selectors)")
 	ports := fs.String("port-range", "20000-29999", "worker ports are taken from `LO-HI`")
+	fs.StringVar(&cfg.WorkerUser, "worker-user", "", "`USER` workers run as when herd-node runs as root (default nobody)")
+	fs.BoolVar(&cfg.AllowRootWorkers, "allow-root-workers", false, "allow --worker-user root")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {

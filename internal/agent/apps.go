@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -109,6 +110,7 @@ type manager struct {
 	ports   *portPool
 	store   *release.Store
 	fetcher func(ctx context.Context, sources []string, digest string) error
+	cred    *syscall.Credential // workers' user; nil: herd-node's own
 
 	applyMu sync.Map // app -> *sync.Mutex
 
@@ -210,6 +212,9 @@ func (m *manager) releaseDir(ctx context.Context, digest string, sources []strin
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return "", err
 	}
+	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+		return "", err
+	}
 	err = release.Unpack(f, dir, release.DefaultLimits())
 	if err != nil && !errors.Is(err, os.ErrExist) {
 		if _, statErr := os.Stat(dir); statErr == nil {
@@ -254,7 +259,7 @@ func (m *manager) startSlot(rel *herdv1.Release, dir string, index int) (*slot, 
 		return nil, err
 	}
 	logDir := filepath.Join(m.cfg.DataDir, "logs", rel.GetApp())
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		m.ports.put(port)
 		return nil, err
 	}
@@ -279,11 +284,12 @@ func (m *manager) startSlot(rel *herdv1.Release, dir string, index int) (*slot, 
 	s.w = supervisor.StartWorker(supervisor.WorkerConfig{
 		ID: fmt.Sprintf("%s-%s-%d", rel.GetApp(), rel.GetId(), index),
 		Process: supervisor.ProcessConfig{
-			Command: spec.GetCommand(),
-			Dir:     dir,
-			Env:     m.workerEnv(rel, index, port),
-			Output:  logFile,
-			Shim:    m.cfg.Shim,
+			Command:    spec.GetCommand(),
+			Dir:        dir,
+			Env:        m.workerEnv(rel, index, port),
+			Output:     logFile,
+			Shim:       m.cfg.Shim,
+			Credential: m.cred,
 		},
 		HealthURL: "http://" + addr + spec.GetHealthPath(),
 		StopGrace: grace,

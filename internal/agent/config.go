@@ -27,6 +27,12 @@ type Config struct {
 	// AckWait caps how long the node waits for every front to acknowledge
 	// that it stopped routing to withdrawn workers before stopping them.
 	AckWait time.Duration
+	// WorkerUser runs workers as this user when herd-node runs as root
+	// (default "nobody"); "root" needs AllowRootWorkers. When herd-node is
+	// not root, workers run as its own user and WorkerUser must be empty
+	// or that user.
+	WorkerUser       string
+	AllowRootWorkers bool
 	// Shim is the herd-node executable, re-run as each worker's shim so
 	// that a worker's whole process group dies with the node; empty runs
 	// workers without one.

@@ -29,8 +29,23 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log := cfg.Logger.With("node", cfg.Name)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	cred, workerUser, err := workerCredential(cfg)
+	if err != nil {
+		return err
+	}
+	// Workers (maybe another user) must reach releases/ inside; nothing
+	// else in the data dir is readable by them (artifacts, state and logs
+	// are 0700/0600).
+	if err := os.MkdirAll(cfg.DataDir, 0o711); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
+	}
+	if cred != nil {
+		if err := os.Chmod(cfg.DataDir, 0o711); err != nil {
+			return fmt.Errorf("--data-dir: %w", err)
+		}
+		if err := checkReachable(cfg.DataDir, workerUser); err != nil {
+			return err
+		}
 	}
 	store, err := release.OpenStore(filepath.Join(cfg.DataDir, "artifacts"))
 	if err != nil {
@@ -58,6 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 		store:   store,
 		apps:    map[string]*appRun{},
 		applied: newApplied(),
+		cred:    cred,
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	defer m.cancel()
@@ -91,7 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := runfile.Write(cfg.DataDir, map[string]string{"grpc": grpcAddr, "gossip": cl.GossipAddr()}); err != nil {
 		log.Warn("write addresses file", "err", err)
 	}
-	log.Info("herd-node serving", "grpc", grpcAddr, "gossip", cl.GossipAddr(), "advertise", host)
+	log.Info("herd-node serving", "grpc", grpcAddr, "gossip", cl.GossipAddr(), "advertise", host, "worker_user", workerUser)
 
 	joinCtx, stopJoin := context.WithCancel(ctx)
 	joined := make(chan struct{})

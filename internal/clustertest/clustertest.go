@@ -45,6 +45,12 @@ func Build(t testing.TB) Binaries {
 			buildErr = err
 			return
 		}
+		// Workers run as nobody when the tests run as root, and their shim
+		// is herd-node itself.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			buildErr = err
+			return
+		}
 		root, err := moduleRoot()
 		if err != nil {
 			buildErr = err
@@ -139,6 +145,13 @@ func NodeIP(i int) string { return fmt.Sprintf("127.0.0.%d", 10+i) }
 func Start(t testing.TB, n int, frontArgs ...string) *Cluster {
 	t.Helper()
 	c := &Cluster{T: t, Bin: Build(t), Dir: t.TempDir()}
+	// t.TempDir's directories are 0700; workers running as nobody must
+	// get through them to their releases.
+	for _, d := range []string{c.Dir, filepath.Dir(c.Dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Cleanup(c.stopAll)
 	c.Front = c.start("front", c.Bin.Front, append([]string{
 		"--name", "front-1", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",

@@ -3,6 +3,8 @@ package clustertest
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -262,8 +264,15 @@ func TestHungWorkerReplaced(t *testing.T) {
 // restarted with backoff and shown as crash-looping.
 func TestCrashLoopReported(t *testing.T) {
 	c := Start(t, 1)
-	cmd := `if [ -e crashed-$HERD_WORKER ]; then echo "still broken"; exit 4; fi; touch crashed-$HERD_WORKER; exec ./hello`
-	if r := deployHello(c, c.HelloDir(nil), "--workers", "1", "--cmd", cmd); r.Code != 0 {
+	// Workers may not write their release (they run as nobody under root):
+	// the marker goes to a directory anyone may write.
+	marks := filepath.Join(c.Dir, "marks")
+	if err := os.Mkdir(marks, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(marks, 0o777)
+	cmd := `if [ -e $MARKS/crashed-$HERD_WORKER ]; then echo "still broken"; exit 4; fi; touch $MARKS/crashed-$HERD_WORKER; exec ./hello`
+	if r := deployHello(c, c.HelloDir(nil), "--workers", "1", "--cmd", cmd, "--env", "MARKS="+marks); r.Code != 0 {
 		t.Fatalf("deploy: %s", r.Stderr)
 	}
 	w := workersOf(t, c)[0]
@@ -282,5 +291,41 @@ func TestCrashLoopReported(t *testing.T) {
 	}
 	if now.LastExit != "exited with status 4" || now.Restarts < 2 {
 		t.Fatalf("crash-looping worker: %+v", now)
+	}
+}
+
+// TestWorkersDropRoot: under a root herd-node, workers run as nobody unless
+// root is explicitly allowed, and a worker user of root without that flag
+// is refused at start.
+func TestWorkersDropRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test checks herd-node running as root; CI runs as root")
+	}
+	c := Start(t, 1)
+	if r := deployHello(c, c.HelloDir(nil), "--workers", "1"); r.Code != 0 {
+		t.Fatalf("deploy: %s", r.Stderr)
+	}
+	h, err := c.GetHello(helloHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uid int
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "Uid:") {
+			fmt.Sscan(strings.TrimPrefix(l, "Uid:"), &uid)
+		}
+	}
+	if uid != 65534 {
+		t.Fatalf("worker runs as uid %d, want nobody (65534)", uid)
+	}
+
+	dir := t.TempDir()
+	r := RunCtl(t, c.Bin.Node, "--data-dir", dir, "--worker-user", "root", "--gossip", "127.0.0.1:0", "--grpc", "127.0.0.1:0")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "--allow-root-workers") {
+		t.Fatalf("herd-node --worker-user root: exit %d, stderr %q", r.Code, r.Stderr)
 	}
 }

@@ -36,6 +36,8 @@ type ProcessConfig struct {
 	// under a shim (see RunShim) that kills its whole process group if
 	// herd-node dies, even by SIGKILL.
 	Shim string
+	// Credential, if set, is the user and groups the command runs as.
+	Credential *syscall.Credential
 }
 
 // Process is one running worker command in its own process group.
@@ -83,7 +85,9 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.WaitDelay = pipeDrainDelay
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: deathSig}
+	// The kernel clears the parent-death signal when credentials change;
+	// Go sets it after switching to Credential, so both hold.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: deathSig, Credential: cfg.Credential}
 
 	started := make(chan error, 1)
 	go func() {
