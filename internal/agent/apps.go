@@ -21,6 +21,7 @@ import (
 
 	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/logfile"
 	"github.com/herd-run/herd/internal/release"
 	"github.com/herd-run/herd/internal/supervisor"
 )
@@ -263,7 +264,7 @@ func (m *manager) startSlot(rel *herdv1.Release, dir string, index int) (*slot, 
 		m.ports.put(port)
 		return nil, err
 	}
-	logFile, err := os.OpenFile(filepath.Join(logDir, strconv.Itoa(index)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logFile, err := logfile.Open(m.logPath(rel.GetApp(), index), logfile.DefaultMaxSize, logfile.DefaultKeep)
 	if err != nil {
 		m.ports.put(port)
 		return nil, err

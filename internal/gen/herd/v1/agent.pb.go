@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -386,11 +387,135 @@ func (x *ListWorkersResponse) GetWorkers() []*WorkerStatus {
 	return nil
 }
 
+type AgentLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	App   string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	// Only this worker slot; 0 means all.
+	Worker uint32 `protobuf:"varint,2,opt,name=worker,proto3" json:"worker,omitempty"`
+	// Lines at or after this time; unset means all that is kept.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	Follow        bool                   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentLogsRequest) Reset() {
+	*x = AgentLogsRequest{}
+	mi := &file_herd_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentLogsRequest) ProtoMessage() {}
+
+func (x *AgentLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentLogsRequest.ProtoReflect.Descriptor instead.
+func (*AgentLogsRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AgentLogsRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *AgentLogsRequest) GetWorker() uint32 {
+	if x != nil {
+		return x.Worker
+	}
+	return 0
+}
+
+func (x *AgentLogsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *AgentLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+type AgentLogsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Lines []*LogLine             `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
+	// Set on the message that ends the lines kept so far; with follow, new
+	// lines come after it.
+	CaughtUp      bool `protobuf:"varint,2,opt,name=caught_up,json=caughtUp,proto3" json:"caught_up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentLogsResponse) Reset() {
+	*x = AgentLogsResponse{}
+	mi := &file_herd_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentLogsResponse) ProtoMessage() {}
+
+func (x *AgentLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentLogsResponse.ProtoReflect.Descriptor instead.
+func (*AgentLogsResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AgentLogsResponse) GetLines() []*LogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+func (x *AgentLogsResponse) GetCaughtUp() bool {
+	if x != nil {
+		return x.CaughtUp
+	}
+	return false
+}
+
 var File_herd_v1_agent_proto protoreflect.FileDescriptor
 
 const file_herd_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/agent.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x13herd/v1/types.proto\"\x9a\x01\n" +
+	"\x13herd/v1/agent.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13herd/v1/types.proto\"\x9a\x01\n" +
 	"\fApplyRequest\x12*\n" +
 	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x12)\n" +
 	"\x10artifact_sources\x18\x02 \x03(\tR\x0fartifactSources\x123\n" +
@@ -409,12 +534,21 @@ const file_herd_v1_agent_proto_rawDesc = "" +
 	"\x12ListWorkersRequest\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\"F\n" +
 	"\x13ListWorkersResponse\x12/\n" +
-	"\aworkers\x18\x01 \x03(\v2\x15.herd.v1.WorkerStatusR\aworkers2\x8b\x02\n" +
+	"\aworkers\x18\x01 \x03(\v2\x15.herd.v1.WorkerStatusR\aworkers\"\x86\x01\n" +
+	"\x10AgentLogsRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x16\n" +
+	"\x06worker\x18\x02 \x01(\rR\x06worker\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\"X\n" +
+	"\x11AgentLogsResponse\x12&\n" +
+	"\x05lines\x18\x01 \x03(\v2\x10.herd.v1.LogLineR\x05lines\x12\x1b\n" +
+	"\tcaught_up\x18\x02 \x01(\bR\bcaughtUp2\xcc\x02\n" +
 	"\x05Agent\x126\n" +
 	"\x05Apply\x12\x15.herd.v1.ApplyRequest\x1a\x16.herd.v1.ApplyResponse\x12?\n" +
 	"\bGetState\x12\x18.herd.v1.GetStateRequest\x1a\x19.herd.v1.GetStateResponse\x12?\n" +
 	"\bAckState\x12\x18.herd.v1.AckStateRequest\x1a\x19.herd.v1.AckStateResponse\x12H\n" +
-	"\vListWorkers\x12\x1b.herd.v1.ListWorkersRequest\x1a\x1c.herd.v1.ListWorkersResponseB\x8c\x01\n" +
+	"\vListWorkers\x12\x1b.herd.v1.ListWorkersRequest\x1a\x1c.herd.v1.ListWorkersResponse\x12?\n" +
+	"\x04Logs\x12\x19.herd.v1.AgentLogsRequest\x1a\x1a.herd.v1.AgentLogsResponse0\x01B\x8c\x01\n" +
 	"\vcom.herd.v1B\n" +
 	"AgentProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
@@ -430,40 +564,48 @@ func file_herd_v1_agent_proto_rawDescGZIP() []byte {
 	return file_herd_v1_agent_proto_rawDescData
 }
 
-var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_herd_v1_agent_proto_goTypes = []any{
-	(*ApplyRequest)(nil),        // 0: herd.v1.ApplyRequest
-	(*ApplyResponse)(nil),       // 1: herd.v1.ApplyResponse
-	(*GetStateRequest)(nil),     // 2: herd.v1.GetStateRequest
-	(*GetStateResponse)(nil),    // 3: herd.v1.GetStateResponse
-	(*AckStateRequest)(nil),     // 4: herd.v1.AckStateRequest
-	(*AckStateResponse)(nil),    // 5: herd.v1.AckStateResponse
-	(*ListWorkersRequest)(nil),  // 6: herd.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil), // 7: herd.v1.ListWorkersResponse
-	(*Release)(nil),             // 8: herd.v1.Release
-	(*durationpb.Duration)(nil), // 9: google.protobuf.Duration
-	(*NodeState)(nil),           // 10: herd.v1.NodeState
-	(*WorkerStatus)(nil),        // 11: herd.v1.WorkerStatus
+	(*ApplyRequest)(nil),          // 0: herd.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 1: herd.v1.ApplyResponse
+	(*GetStateRequest)(nil),       // 2: herd.v1.GetStateRequest
+	(*GetStateResponse)(nil),      // 3: herd.v1.GetStateResponse
+	(*AckStateRequest)(nil),       // 4: herd.v1.AckStateRequest
+	(*AckStateResponse)(nil),      // 5: herd.v1.AckStateResponse
+	(*ListWorkersRequest)(nil),    // 6: herd.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),   // 7: herd.v1.ListWorkersResponse
+	(*AgentLogsRequest)(nil),      // 8: herd.v1.AgentLogsRequest
+	(*AgentLogsResponse)(nil),     // 9: herd.v1.AgentLogsResponse
+	(*Release)(nil),               // 10: herd.v1.Release
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*NodeState)(nil),             // 12: herd.v1.NodeState
+	(*WorkerStatus)(nil),          // 13: herd.v1.WorkerStatus
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*LogLine)(nil),               // 15: herd.v1.LogLine
 }
 var file_herd_v1_agent_proto_depIdxs = []int32{
-	8,  // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
-	9,  // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
-	10, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
-	11, // 4: herd.v1.ListWorkersResponse.workers:type_name -> herd.v1.WorkerStatus
-	0,  // 5: herd.v1.Agent.Apply:input_type -> herd.v1.ApplyRequest
-	2,  // 6: herd.v1.Agent.GetState:input_type -> herd.v1.GetStateRequest
-	4,  // 7: herd.v1.Agent.AckState:input_type -> herd.v1.AckStateRequest
-	6,  // 8: herd.v1.Agent.ListWorkers:input_type -> herd.v1.ListWorkersRequest
-	1,  // 9: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
-	3,  // 10: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
-	5,  // 11: herd.v1.Agent.AckState:output_type -> herd.v1.AckStateResponse
-	7,  // 12: herd.v1.Agent.ListWorkers:output_type -> herd.v1.ListWorkersResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	10, // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
+	11, // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
+	12, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
+	12, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
+	13, // 4: herd.v1.ListWorkersResponse.workers:type_name -> herd.v1.WorkerStatus
+	14, // 5: herd.v1.AgentLogsRequest.since:type_name -> google.protobuf.Timestamp
+	15, // 6: herd.v1.AgentLogsResponse.lines:type_name -> herd.v1.LogLine
+	0,  // 7: herd.v1.Agent.Apply:input_type -> herd.v1.ApplyRequest
+	2,  // 8: herd.v1.Agent.GetState:input_type -> herd.v1.GetStateRequest
+	4,  // 9: herd.v1.Agent.AckState:input_type -> herd.v1.AckStateRequest
+	6,  // 10: herd.v1.Agent.ListWorkers:input_type -> herd.v1.ListWorkersRequest
+	8,  // 11: herd.v1.Agent.Logs:input_type -> herd.v1.AgentLogsRequest
+	1,  // 12: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
+	3,  // 13: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
+	5,  // 14: herd.v1.Agent.AckState:output_type -> herd.v1.AckStateResponse
+	7,  // 15: herd.v1.Agent.ListWorkers:output_type -> herd.v1.ListWorkersResponse
+	9,  // 16: herd.v1.Agent.Logs:output_type -> herd.v1.AgentLogsResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_agent_proto_init() }
@@ -478,7 +620,7 @@ func file_herd_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_agent_proto_rawDesc), len(file_herd_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

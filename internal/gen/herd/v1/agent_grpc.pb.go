@@ -23,6 +23,7 @@ const (
 	Agent_GetState_FullMethodName    = "/herd.v1.Agent/GetState"
 	Agent_AckState_FullMethodName    = "/herd.v1.Agent/AckState"
 	Agent_ListWorkers_FullMethodName = "/herd.v1.Agent/ListWorkers"
+	Agent_Logs_FullMethodName        = "/herd.v1.Agent/Logs"
 )
 
 // AgentClient is the client API for Agent service.
@@ -45,6 +46,9 @@ type AgentClient interface {
 	AckState(ctx context.Context, in *AckStateRequest, opts ...grpc.CallOption) (*AckStateResponse, error)
 	// ListWorkers reports every worker slot on the node.
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
+	// Logs streams the app's worker output kept on the node: lines since a
+	// time in time order, then (with follow) new lines as they are written.
+	Logs(ctx context.Context, in *AgentLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AgentLogsResponse], error)
 }
 
 type agentClient struct {
@@ -95,6 +99,25 @@ func (c *agentClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, o
 	return out, nil
 }
 
+func (c *agentClient) Logs(ctx context.Context, in *AgentLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AgentLogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[0], Agent_Logs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AgentLogsRequest, AgentLogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_LogsClient = grpc.ServerStreamingClient[AgentLogsResponse]
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -115,6 +138,9 @@ type AgentServer interface {
 	AckState(context.Context, *AckStateRequest) (*AckStateResponse, error)
 	// ListWorkers reports every worker slot on the node.
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
+	// Logs streams the app's worker output kept on the node: lines since a
+	// time in time order, then (with follow) new lines as they are written.
+	Logs(*AgentLogsRequest, grpc.ServerStreamingServer[AgentLogsResponse]) error
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -136,6 +162,9 @@ func (UnimplementedAgentServer) AckState(context.Context, *AckStateRequest) (*Ac
 }
 func (UnimplementedAgentServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListWorkers not implemented")
+}
+func (UnimplementedAgentServer) Logs(*AgentLogsRequest, grpc.ServerStreamingServer[AgentLogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method Logs not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -230,6 +259,17 @@ func _Agent_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AgentLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).Logs(m, &grpc.GenericServerStream[AgentLogsRequest, AgentLogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_LogsServer = grpc.ServerStreamingServer[AgentLogsResponse]
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,6 +294,12 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Agent_ListWorkers_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Logs",
+			Handler:       _Agent_Logs_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "herd/v1/agent.proto",
 }

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1108,11 +1109,133 @@ func (x *Member) GetState() MemberState {
 	return MemberState_MEMBER_STATE_UNSPECIFIED
 }
 
+type LogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	App   string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	// Only this node; empty means all live nodes.
+	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// Only this worker slot; 0 means all.
+	Worker        uint32                 `protobuf:"varint,3,opt,name=worker,proto3" json:"worker,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	Follow        bool                   `protobuf:"varint,5,opt,name=follow,proto3" json:"follow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRequest) Reset() {
+	*x = LogsRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRequest) ProtoMessage() {}
+
+func (x *LogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
+func (*LogsRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *LogsRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetWorker() uint32 {
+	if x != nil {
+		return x.Worker
+	}
+	return 0
+}
+
+func (x *LogsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *LogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+type LogsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lines         []*LogLine             `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsResponse) Reset() {
+	*x = LogsResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsResponse) ProtoMessage() {}
+
+func (x *LogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsResponse.ProtoReflect.Descriptor instead.
+func (*LogsResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *LogsResponse) GetLines() []*LogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
 var File_herd_v1_control_proto protoreflect.FileDescriptor
 
 const file_herd_v1_control_proto_rawDesc = "" +
 	"\n" +
-	"\x15herd/v1/control.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x13herd/v1/types.proto\"-\n" +
+	"\x15herd/v1/control.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13herd/v1/types.proto\"-\n" +
 	"\x13StatArtifactRequest\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\"D\n" +
 	"\x14StatArtifactResponse\x12\x18\n" +
@@ -1175,14 +1298,23 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x04role\x18\x02 \x01(\x0e2\r.herd.v1.RoleR\x04role\x12%\n" +
 	"\x0egossip_address\x18\x03 \x01(\tR\rgossipAddress\x12!\n" +
 	"\fgrpc_address\x18\x04 \x01(\tR\vgrpcAddress\x12*\n" +
-	"\x05state\x18\x05 \x01(\x0e2\x14.herd.v1.MemberStateR\x05state2\xb9\x03\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x14.herd.v1.MemberStateR\x05state\"\x95\x01\n" +
+	"\vLogsRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x16\n" +
+	"\x06worker\x18\x03 \x01(\rR\x06worker\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06follow\x18\x05 \x01(\bR\x06follow\"6\n" +
+	"\fLogsResponse\x12&\n" +
+	"\x05lines\x18\x01 \x03(\v2\x10.herd.v1.LogLineR\x05lines2\xf0\x03\n" +
 	"\aControl\x12K\n" +
 	"\fStatArtifact\x12\x1c.herd.v1.StatArtifactRequest\x1a\x1d.herd.v1.StatArtifactResponse\x12S\n" +
 	"\x0eUploadArtifact\x12\x1e.herd.v1.UploadArtifactRequest\x1a\x1f.herd.v1.UploadArtifactResponse(\x01\x12P\n" +
 	"\rFetchArtifact\x12\x1d.herd.v1.FetchArtifactRequest\x1a\x1e.herd.v1.FetchArtifactResponse0\x01\x12;\n" +
 	"\x06Deploy\x12\x16.herd.v1.DeployRequest\x1a\x17.herd.v1.DeployResponse0\x01\x129\n" +
 	"\x06Status\x12\x16.herd.v1.StatusRequest\x1a\x17.herd.v1.StatusResponse\x12B\n" +
-	"\tListNodes\x12\x19.herd.v1.ListNodesRequest\x1a\x1a.herd.v1.ListNodesResponseB\x8e\x01\n" +
+	"\tListNodes\x12\x19.herd.v1.ListNodesRequest\x1a\x1a.herd.v1.ListNodesResponse\x125\n" +
+	"\x04Logs\x12\x14.herd.v1.LogsRequest\x1a\x15.herd.v1.LogsResponse0\x01B\x8e\x01\n" +
 	"\vcom.herd.v1B\fControlProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
 var (
@@ -1197,7 +1329,7 @@ func file_herd_v1_control_proto_rawDescGZIP() []byte {
 	return file_herd_v1_control_proto_rawDescData
 }
 
-var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_herd_v1_control_proto_goTypes = []any{
 	(*StatArtifactRequest)(nil),    // 0: herd.v1.StatArtifactRequest
 	(*StatArtifactResponse)(nil),   // 1: herd.v1.StatArtifactResponse
@@ -1218,45 +1350,53 @@ var file_herd_v1_control_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),       // 16: herd.v1.ListNodesRequest
 	(*ListNodesResponse)(nil),      // 17: herd.v1.ListNodesResponse
 	(*Member)(nil),                 // 18: herd.v1.Member
-	(*AppSpec)(nil),                // 19: herd.v1.AppSpec
-	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
-	(*Release)(nil),                // 21: herd.v1.Release
-	(*WorkerStatus)(nil),           // 22: herd.v1.WorkerStatus
-	(Role)(0),                      // 23: herd.v1.Role
-	(MemberState)(0),               // 24: herd.v1.MemberState
+	(*LogsRequest)(nil),            // 19: herd.v1.LogsRequest
+	(*LogsResponse)(nil),           // 20: herd.v1.LogsResponse
+	(*AppSpec)(nil),                // 21: herd.v1.AppSpec
+	(*durationpb.Duration)(nil),    // 22: google.protobuf.Duration
+	(*Release)(nil),                // 23: herd.v1.Release
+	(*WorkerStatus)(nil),           // 24: herd.v1.WorkerStatus
+	(Role)(0),                      // 25: herd.v1.Role
+	(MemberState)(0),               // 26: herd.v1.MemberState
+	(*timestamppb.Timestamp)(nil),  // 27: google.protobuf.Timestamp
+	(*LogLine)(nil),                // 28: herd.v1.LogLine
 }
 var file_herd_v1_control_proto_depIdxs = []int32{
 	3,  // 0: herd.v1.UploadArtifactRequest.header:type_name -> herd.v1.ArtifactHeader
-	19, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
-	20, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
+	21, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
+	22, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
 	9,  // 3: herd.v1.DeployResponse.progress:type_name -> herd.v1.DeployProgress
 	10, // 4: herd.v1.DeployResponse.result:type_name -> herd.v1.DeployResult
-	21, // 5: herd.v1.DeployResult.release:type_name -> herd.v1.Release
+	23, // 5: herd.v1.DeployResult.release:type_name -> herd.v1.Release
 	11, // 6: herd.v1.DeployResult.nodes:type_name -> herd.v1.NodeResult
 	14, // 7: herd.v1.StatusResponse.apps:type_name -> herd.v1.AppStatus
-	21, // 8: herd.v1.AppStatus.release:type_name -> herd.v1.Release
+	23, // 8: herd.v1.AppStatus.release:type_name -> herd.v1.Release
 	15, // 9: herd.v1.AppStatus.nodes:type_name -> herd.v1.AppNodeStatus
-	22, // 10: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
+	24, // 10: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
 	18, // 11: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
-	23, // 12: herd.v1.Member.role:type_name -> herd.v1.Role
-	24, // 13: herd.v1.Member.state:type_name -> herd.v1.MemberState
-	0,  // 14: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
-	2,  // 15: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
-	5,  // 16: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
-	7,  // 17: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
-	12, // 18: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
-	16, // 19: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
-	1,  // 20: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
-	4,  // 21: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
-	6,  // 22: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
-	8,  // 23: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
-	13, // 24: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
-	17, // 25: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	25, // 12: herd.v1.Member.role:type_name -> herd.v1.Role
+	26, // 13: herd.v1.Member.state:type_name -> herd.v1.MemberState
+	27, // 14: herd.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	28, // 15: herd.v1.LogsResponse.lines:type_name -> herd.v1.LogLine
+	0,  // 16: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
+	2,  // 17: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
+	5,  // 18: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
+	7,  // 19: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
+	12, // 20: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
+	16, // 21: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
+	19, // 22: herd.v1.Control.Logs:input_type -> herd.v1.LogsRequest
+	1,  // 23: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
+	4,  // 24: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
+	6,  // 25: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
+	8,  // 26: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
+	13, // 27: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
+	17, // 28: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
+	20, // 29: herd.v1.Control.Logs:output_type -> herd.v1.LogsResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_control_proto_init() }
@@ -1279,7 +1419,7 @@ func file_herd_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_control_proto_rawDesc), len(file_herd_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	Control_Deploy_FullMethodName         = "/herd.v1.Control/Deploy"
 	Control_Status_FullMethodName         = "/herd.v1.Control/Status"
 	Control_ListNodes_FullMethodName      = "/herd.v1.Control/ListNodes"
+	Control_Logs_FullMethodName           = "/herd.v1.Control/Logs"
 )
 
 // ControlClient is the client API for Control service.
@@ -49,6 +50,10 @@ type ControlClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// ListNodes lists the members of the cluster as gossip sees them.
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// Logs streams an app's worker output from every live node (or one):
+	// what is kept since a time, merged in time order, then (with follow)
+	// new lines as they come.
+	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogsResponse], error)
 }
 
 type controlClient struct {
@@ -140,6 +145,25 @@ func (c *controlClient) ListNodes(ctx context.Context, in *ListNodesRequest, opt
 	return out, nil
 }
 
+func (c *controlClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[3], Control_Logs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LogsRequest, LogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_LogsClient = grpc.ServerStreamingClient[LogsResponse]
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -162,6 +186,10 @@ type ControlServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// ListNodes lists the members of the cluster as gossip sees them.
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// Logs streams an app's worker output from every live node (or one):
+	// what is kept since a time, merged in time order, then (with follow)
+	// new lines as they come.
+	Logs(*LogsRequest, grpc.ServerStreamingServer[LogsResponse]) error
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -189,6 +217,9 @@ func (UnimplementedControlServer) Status(context.Context, *StatusRequest) (*Stat
 }
 func (UnimplementedControlServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedControlServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method Logs not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -294,6 +325,17 @@ func _Control_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(LogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).Logs(m, &grpc.GenericServerStream[LogsRequest, LogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_LogsServer = grpc.ServerStreamingServer[LogsResponse]
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +370,11 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Deploy",
 			Handler:       _Control_Deploy_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Logs",
+			Handler:       _Control_Logs_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -769,6 +769,84 @@ func (x *WorkerStatus) GetCpuSeconds() float64 {
 	return 0
 }
 
+// LogLine is one line a worker wrote to stdout or stderr.
+type LogLine struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	App   string                 `protobuf:"bytes,2,opt,name=app,proto3" json:"app,omitempty"`
+	// Worker slot (HERD_WORKER).
+	Worker        uint32                 `protobuf:"varint,3,opt,name=worker,proto3" json:"worker,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	Text          string                 `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogLine) Reset() {
+	*x = LogLine{}
+	mi := &file_herd_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogLine) ProtoMessage() {}
+
+func (x *LogLine) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
+func (*LogLine) Descriptor() ([]byte, []int) {
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LogLine) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *LogLine) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *LogLine) GetWorker() uint32 {
+	if x != nil {
+		return x.Worker
+	}
+	return 0
+}
+
+func (x *LogLine) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *LogLine) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
 var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
@@ -834,7 +912,13 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\trss_bytes\x18\n" +
 	" \x01(\x04R\brssBytes\x12\x1f\n" +
 	"\vcpu_seconds\x18\v \x01(\x01R\n" +
-	"cpuSeconds*;\n" +
+	"cpuSeconds\"\x8b\x01\n" +
+	"\aLogLine\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
+	"\x03app\x18\x02 \x01(\tR\x03app\x12\x16\n" +
+	"\x06worker\x18\x03 \x01(\rR\x06worker\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text*;\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -862,7 +946,7 @@ func file_herd_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_herd_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_herd_v1_types_proto_goTypes = []any{
 	(Role)(0),                     // 0: herd.v1.Role
 	(MemberState)(0),              // 1: herd.v1.MemberState
@@ -873,26 +957,28 @@ var file_herd_v1_types_proto_goTypes = []any{
 	(*NodeState)(nil),             // 6: herd.v1.NodeState
 	(*GossipState)(nil),           // 7: herd.v1.GossipState
 	(*WorkerStatus)(nil),          // 8: herd.v1.WorkerStatus
-	nil,                           // 9: herd.v1.AppSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*LogLine)(nil),               // 9: herd.v1.LogLine
+	nil,                           // 10: herd.v1.AppSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_herd_v1_types_proto_depIdxs = []int32{
-	9,  // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
-	10, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
-	10, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
-	10, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
+	10, // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
+	11, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
+	11, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
+	11, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
 	2,  // 4: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
-	11, // 5: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
+	12, // 5: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
 	4,  // 6: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
 	5,  // 7: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
 	6,  // 8: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
-	11, // 9: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 9: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
+	12, // 10: herd.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_types_proto_init() }
@@ -906,7 +992,7 @@ func file_herd_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_types_proto_rawDesc), len(file_herd_v1_types_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
