@@ -123,6 +123,10 @@ type manager struct {
 	// ctx ends when the node starts shutting down: no more replacements.
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	applying map[string]int // digest -> applies using it now (guarded by mu)
+	histMu   sync.Mutex
+	history  map[string][]string // app -> recent digests, newest first
 }
 
 func (m *manager) appLock(app string) *sync.Mutex {
@@ -155,6 +159,14 @@ func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []stri
 	}
 
 	log := m.log.With("app", rel.GetApp(), "release", rel.GetId())
+	m.mu.Lock()
+	m.applying[rel.GetDigest()]++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.applying[rel.GetDigest()]--
+		m.mu.Unlock()
+	}()
 	dir, err := m.releaseDir(ctx, rel.GetDigest(), sources)
 	if err != nil {
 		return m.failed(rel.GetApp(), err)
@@ -180,6 +192,7 @@ func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []stri
 	if old != nil {
 		m.retire(old.slots, st.GetGeneration())
 	}
+	m.remember(rel.GetApp(), rel.GetDigest())
 	return nil
 }
 

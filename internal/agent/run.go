@@ -66,14 +66,15 @@ func Run(ctx context.Context, cfg Config) error {
 	grpcAddr := net.JoinHostPort(host, strconv.Itoa(lis.Addr().(*net.TCPAddr).Port))
 
 	m := &manager{
-		cfg:     cfg,
-		log:     log,
-		host:    host,
-		ports:   newPortPool(host, cfg.PortLo, cfg.PortHi),
-		store:   store,
-		apps:    map[string]*appRun{},
-		applied: newApplied(),
-		cred:    cred,
+		cfg:      cfg,
+		log:      log,
+		host:     host,
+		ports:    newPortPool(host, cfg.PortLo, cfg.PortHi),
+		store:    store,
+		apps:     map[string]*appRun{},
+		applied:  newApplied(),
+		cred:     cred,
+		applying: map[string]int{},
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	defer m.cancel()

@@ -56,6 +56,11 @@ func sample(t *testing.T, c *Cluster, n int) (nodes map[string]int, workers map[
 // release on every one of nodes nodes with 2/2 workers ready, and an error
 // containing wantErr ("" for none); "" when it does not.
 func statusProblem(c *Cluster, release string, nodes int, wantErr string) string {
+	return statusProblemN(c, release, nodes, 2, wantErr)
+}
+
+// statusProblemN is statusProblem for workers workers per node.
+func statusProblemN(c *Cluster, release string, nodes, workers int, wantErr string) string {
 	var st statusJSON
 	c.CtlJSON(&st, "status")
 	if len(st.Apps) != 1 || st.Apps[0].Release.App != "hello" || st.Apps[0].Release.ID != release {
@@ -66,8 +71,8 @@ func statusProblem(c *Cluster, release string, nodes int, wantErr string) string
 	}
 	for _, n := range st.Apps[0].Nodes {
 		errOK := n.Error == "" && wantErr == "" || wantErr != "" && strings.Contains(n.Error, wantErr)
-		if n.Release != release || n.Ready != 2 || n.Desired != 2 || !errOK {
-			return fmt.Sprintf("node %s: want %s 2/2 with error %q, got %+v", n.Node, release, wantErr, n)
+		if n.Release != release || n.Ready != workers || n.Desired != workers || !errOK {
+			return fmt.Sprintf("node %s: want %s %d/%d with error %q, got %+v", n.Node, release, workers, workers, wantErr, n)
 		}
 	}
 	return ""

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Store is a content-addressed directory of artifacts: <dir>/<digest>.tar.gz.
@@ -129,4 +130,24 @@ func (s *Store) Open(digest string) (*os.File, int64, error) {
 		return nil, 0, fmt.Errorf("open artifact %s: %w", digest, err)
 	}
 	return f, info.Size(), nil
+}
+
+// List returns the digests of the stored artifacts.
+func (s *Store) List() []string {
+	ents, _ := os.ReadDir(s.dir)
+	var out []string
+	for _, e := range ents {
+		if d, ok := strings.CutSuffix(e.Name(), ".tar.gz"); ok && ValidDigest(d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Remove deletes the artifact with digest.
+func (s *Store) Remove(digest string) error {
+	if !ValidDigest(digest) {
+		return fmt.Errorf("remove artifact: %q is not a sha256", digest)
+	}
+	return os.Remove(s.Path(digest))
 }

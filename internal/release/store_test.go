@@ -264,3 +264,29 @@ func TestStorePackUnpack(t *testing.T) {
 		t.Errorf("index.html = %q, %v", got, err)
 	}
 }
+
+func TestStoreListAndRemove(t *testing.T) {
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("artifact")
+	sum := sha256.Sum256(content)
+	d := hex.EncodeToString(sum[:])
+	if _, err := s.Put(d, int64(len(content)), bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(s.dir, "junk.tmp"), nil, 0o600)
+	if got := s.List(); len(got) != 1 || got[0] != d {
+		t.Fatalf("List() = %v, want [%s]", got, d)
+	}
+	if err := s.Remove(d); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Has(d); ok || len(s.List()) != 0 {
+		t.Fatal("artifact still there after Remove")
+	}
+	if err := s.Remove("../x"); err == nil {
+		t.Fatal("Remove of a non-digest succeeded")
+	}
+}
