@@ -238,7 +238,7 @@ func TestHungWorkerReplaced(t *testing.T) {
 	victim := ws[0]
 	stop := make(chan struct{})
 	done := make(chan []string, 1)
-	go func() { _, f := load(c, 2, "/", stop, nil); done <- f }()
+	go func() { _, f := mixedLoad(c, stop, releaseIs("v1")); done <- f }()
 	hangClient := &http.Client{Timeout: 500 * time.Millisecond}
 	if _, err := hangClient.Get("http://" + victim.Address + "/hang"); err == nil {
 		t.Fatal("/hang answered")
@@ -256,7 +256,33 @@ func TestHungWorkerReplaced(t *testing.T) {
 	time.Sleep(2 * time.Second) // the hung worker is stopped and its requests retried
 	close(stop)
 	if f := <-done; len(f) > 0 {
-		t.Fatalf("%d GETs failed around the hung worker: %v", len(f), f[:min(5, len(f))])
+		t.Fatalf("%d requests failed around the hung worker: %v", len(f), f[:min(5, len(f))])
+	}
+}
+
+// TestMaxMemoryReplaces: a worker above --max-memory is replaced without a
+// failed request.
+func TestMaxMemoryReplaces(t *testing.T) {
+	c := Start(t, 1)
+	// hello's resident memory is well above 4 MiB.
+	if r := deployHello(c, c.HelloDir(nil), "--workers", "1", "--max-memory", "4M"); r.Code != 0 {
+		t.Fatalf("deploy: %s", r.Stderr)
+	}
+	first := workersOf(t, c)[0]
+	stop := make(chan struct{})
+	done := make(chan []string, 1)
+	go func() { _, f := mixedLoad(c, stop, releaseIs("v1")); done <- f }()
+	var now []workerJSON
+	ok := Eventually(20*time.Second, func() bool {
+		now = slices.DeleteFunc(workersOf(t, c), func(w workerJSON) bool { return w.State == "retiring" })
+		return len(now) == 1 && now[0].Pid != first.Pid && strings.Contains(now[0].LastExit, "above max_memory 4 MiB")
+	})
+	close(stop)
+	if !ok {
+		t.Fatalf("worker over --max-memory not replaced: %+v", now)
+	}
+	if f := <-done; len(f) > 0 {
+		t.Fatalf("%d requests failed while a worker was replaced for memory: %v", len(f), f[:min(5, len(f))])
 	}
 }
 
