@@ -57,7 +57,7 @@ type Set struct {
 type waiter struct {
 	ch    chan struct{}
 	key   string
-	tried *Tried
+	tried Tried // a copy, so the caller's Tried stays on its stack
 }
 
 // view is one immutable endpoint list with its options.
@@ -145,7 +145,10 @@ func (s *Set) Acquire(ctx context.Context, key string, tried *Tried) (ep *Endpoi
 			continue // lost a race for the last slot; pick again
 		}
 		if !candidates {
-			return nil, 0, ErrNoEndpoint
+			if !start.IsZero() {
+				wait = time.Since(start)
+			}
+			return nil, wait, ErrNoEndpoint
 		}
 		if start.IsZero() {
 			start = time.Now()
@@ -166,7 +169,7 @@ func (s *Set) await(ctx context.Context, v *view, key string, tried *Tried, time
 		return ErrQueueFull
 	}
 	defer s.queued.Add(-1)
-	w := &waiter{ch: make(chan struct{}, 1), key: key, tried: tried}
+	w := &waiter{ch: make(chan struct{}, 1), key: key, tried: *tried}
 	s.mu.Lock()
 	s.wait = append(s.wait, w)
 	s.mu.Unlock()
@@ -177,7 +180,9 @@ func (s *Set) await(ctx context.Context, v *view, key string, tried *Tried, time
 		return nil
 	}
 	if e, _ := s.pick(v, key, tried); e != nil {
-		s.remove(w, e)
+		// If a wake-up came meanwhile, for which endpoint is unknown:
+		// everyone looks again.
+		s.remove(w, nil)
 		return nil
 	}
 	select {
@@ -231,27 +236,65 @@ func (s *Set) wakeForLocked(freed *Endpoint) {
 	}
 }
 
-// mayUse reports whether a queued request could take e: it did not fail on
-// e already, and, for a sticky request, e is where its key goes.
+// mayUse reports whether a queued request could take e by pick's rules:
+// it did not fail on e already, e is not ejected (unless ejection is being
+// ignored), and, for a sticky request, e is where its key goes.
 func (s *Set) mayUse(v *view, w *waiter, e *Endpoint) bool {
-	if w.tried.Has(e) {
+	f, any := usable(v.eps, &w.tried, time.Now().UnixNano())
+	if !any || !f.ok(e) {
 		return false
 	}
 	if w.key == "" || (v.opts.Policy != StickyCookie && v.opts.Policy != StickyHeader) {
 		return true
 	}
-	now := time.Now().UnixNano()
-	var best *Endpoint
-	var bestScore uint64
-	for _, x := range v.eps {
-		if w.tried.Has(x) || (x.Ejected(now) && x != e) {
+	return stickyTarget(v.eps, w.key, f) == e
+}
+
+// filter says which endpoints a request may be sent to. (A struct, not a
+// closure: a returned closure would be heap-allocated on every request.)
+type filter struct {
+	tried          *Tried
+	now            int64
+	ignoreEjection bool
+}
+
+func (f filter) ok(e *Endpoint) bool {
+	return !f.tried.Has(e) && (f.ignoreEjection || !e.Ejected(f.now))
+}
+
+// usable returns the predicate for endpoints a request may be sent to:
+// untried, and not ejected unless most are (Envoy's panic threshold: then
+// ejection is probably wrong about them, or everything is down). any says
+// whether any endpoint is untried.
+func usable(eps []*Endpoint, tried *Tried, now int64) (f filter, any bool) {
+	ejected, untried := 0, 0
+	for _, e := range eps {
+		if tried.Has(e) {
 			continue
 		}
-		if h := hrw(w.key, x.Addr); best == nil || h > bestScore {
-			best, bestScore = x, h
+		untried++
+		if e.Ejected(now) {
+			ejected++
 		}
 	}
-	return best == e
+	return filter{tried: tried, now: now, ignoreEjection: ejected*2 > len(eps) || ejected == untried}, untried > 0
+}
+
+// stickyTarget is where key goes among the endpoints ok accepts:
+// rendezvous hashing, so a key keeps its endpoint while it is there and
+// only the keys of a removed endpoint move.
+func stickyTarget(eps []*Endpoint, key string, f filter) *Endpoint {
+	var best *Endpoint
+	var bestScore uint64
+	for _, e := range eps {
+		if !f.ok(e) {
+			continue
+		}
+		if h := hrw(key, e.Addr); best == nil || h > bestScore {
+			best, bestScore = e, h
+		}
+	}
+	return best
 }
 
 // Release returns the slot taken by Acquire and records how the request
@@ -284,24 +327,9 @@ func (s *Set) pick(v *view, key string, tried *Tried) (e *Endpoint, candidates b
 		return nil, false
 	}
 	now := time.Now().UnixNano()
-	// Envoy's panic threshold: if most endpoints are ejected, ejection is
-	// probably wrong about them (or everything is down): use them all.
-	ejected, untried := 0, 0
-	for _, e := range eps {
-		if tried.Has(e) {
-			continue
-		}
-		untried++
-		if e.Ejected(now) {
-			ejected++
-		}
-	}
-	if untried == 0 {
+	f, any := usable(eps, tried, now)
+	if !any {
 		return nil, false
-	}
-	ignoreEjection := ejected*2 > n || ejected == untried
-	ok := func(e *Endpoint) bool {
-		return !tried.Has(e) && (ignoreEjection || !e.Ejected(now))
 	}
 	policy := v.opts.Policy
 	if key == "" && (policy == StickyCookie || policy == StickyHeader) {
@@ -311,32 +339,20 @@ func (s *Set) pick(v *view, key string, tried *Tried) (e *Endpoint, candidates b
 	case RoundRobin:
 		start := int(s.rr.Add(1) % uint64(n))
 		for j := range n {
-			if e := eps[(start+j)%n]; ok(e) && e.hasRoom() {
+			if e := eps[(start+j)%n]; f.ok(e) && e.hasRoom() {
 				return e, true
 			}
 		}
 	case StickyCookie, StickyHeader:
-		// Rendezvous hashing: the key keeps its endpoint while it is
-		// there, and only the keys of a removed endpoint move.
-		var best *Endpoint
-		var bestScore uint64
-		for _, e := range eps {
-			if !ok(e) {
-				continue
-			}
-			if h := hrw(key, e.Addr); best == nil || h > bestScore {
-				best, bestScore = e, h
-			}
-		}
-		if best != nil && best.hasRoom() {
+		if best := stickyTarget(eps, key, f); best != nil && best.hasRoom() {
 			return best, true
 		}
 	default:
-		a := sample(eps, nil, ok)
+		a := sample(eps, nil, f)
 		if a == nil {
 			break
 		}
-		if b := sample(eps, a, ok); b != nil && b.score(now) < a.score(now) {
+		if b := sample(eps, a, f); b != nil && b.score(now) < a.score(now) {
 			a = b
 		}
 		return a, true
@@ -344,13 +360,13 @@ func (s *Set) pick(v *view, key string, tried *Tried) (e *Endpoint, candidates b
 	return nil, true
 }
 
-// sample returns a random endpoint with room that ok accepts, other than
+// sample returns a random endpoint with room that f accepts, other than
 // not, or nil.
-func sample(eps []*Endpoint, not *Endpoint, ok func(*Endpoint) bool) *Endpoint {
+func sample(eps []*Endpoint, not *Endpoint, f filter) *Endpoint {
 	n := len(eps)
 	start := rand.IntN(n)
 	for j := range n {
-		if e := eps[(start+j)%n]; e != not && ok(e) && e.hasRoom() {
+		if e := eps[(start+j)%n]; e != not && f.ok(e) && e.hasRoom() {
 			return e
 		}
 	}

@@ -68,6 +68,7 @@ type Cluster struct {
 	changed chan struct{}
 	fetchc  chan struct{}
 	metac   chan struct{}
+	metaMu  sync.Mutex // one UpdateNode at a time
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -229,7 +230,9 @@ func (c *Cluster) PutState(st *herdv1.NodeState) {
 }
 
 // Leaving tells every member that this one is about to leave, so that they
-// stop sending it work before its failure detector would notice.
+// stop sending it work before its failure detector would notice. It waits
+// (about a second) until the news has been gossiped: memberlist's leave
+// message would otherwise replace it in the broadcast queue.
 func (c *Cluster) Leaving() {
 	c.mu.Lock()
 	c.self.Leaving = true
@@ -237,7 +240,11 @@ func (c *Cluster) Leaving() {
 		m.Leaving = true
 	}
 	c.mu.Unlock()
-	c.updateMeta()
+	c.metaMu.Lock()
+	defer c.metaMu.Unlock()
+	if err := c.ml.UpdateNode(2 * time.Second); err != nil {
+		c.log.Debug("gossip leaving", "err", err)
+	}
 }
 
 // Leave announces departure, waits up to timeout for it to spread, and
@@ -274,9 +281,11 @@ func (c *Cluster) metaLoop() {
 		case <-c.ctx.Done():
 			return
 		case <-c.metac:
-			if err := c.ml.UpdateNode(2 * time.Second); err != nil && c.ctx.Err() == nil {
-				c.log.Debug("gossip meta update", "err", err)
-			}
+			// Nothing needs the broadcast to have gone out, so do not wait
+			// for it (UpdateNode queues it before it waits).
+			c.metaMu.Lock()
+			c.ml.UpdateNode(time.Millisecond)
+			c.metaMu.Unlock()
 		}
 	}
 }
@@ -290,7 +299,8 @@ func (c *Cluster) acceptLocked(st *herdv1.NodeState) bool {
 		return false
 	}
 	if name == c.cfg.Name {
-		if c.local != nil && st.GetGeneration() >= c.local.GetGeneration() {
+		// An equal generation is only our own state echoed back.
+		if c.local != nil && st.GetGeneration() > c.local.GetGeneration() {
 			bumped := proto.CloneOf(c.local)
 			bumped.Generation = st.GetGeneration() + 1
 			c.local = bumped

@@ -264,6 +264,7 @@ func TestMeta(t *testing.T) {
 }
 
 func TestJoin(t *testing.T) {
+	t.Parallel()
 	f1 := newMember(t, herdv1.Role_ROLE_FRONT, nil)
 	f2 := newMember(t, herdv1.Role_ROLE_FRONT, nil)
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
@@ -318,6 +319,7 @@ func TestJoinFails(t *testing.T) {
 }
 
 func TestStateReachesFrontByFetch(t *testing.T) {
+	t.Parallel()
 	reg := &registry{}
 	var changes atomic.Int64
 	f := newMember(t, herdv1.Role_ROLE_FRONT, func(c *Config) {
@@ -358,6 +360,7 @@ func TestStateReachesFrontByFetch(t *testing.T) {
 // Join does a push/pull, so a member joining after a node published its
 // state learns it at once, from the node or from any member that has it.
 func TestStateSpreadsOnJoin(t *testing.T) {
+	t.Parallel()
 	reg := &registry{}
 	f := newMember(t, herdv1.Role_ROLE_FRONT, func(c *Config) { c.Fetch = reg.fetch })
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
@@ -379,6 +382,7 @@ func TestStateSpreadsOnJoin(t *testing.T) {
 }
 
 func TestPutStateGenerations(t *testing.T) {
+	t.Parallel()
 	var changes atomic.Int64
 	f := newMember(t, herdv1.Role_ROLE_FRONT, func(c *Config) { c.OnChange = func() { changes.Add(1) } })
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
@@ -398,24 +402,28 @@ func TestPutStateGenerations(t *testing.T) {
 	steps := []struct {
 		gen      uint64
 		app      string
-		wantGen  uint64
+		accepted bool
 		wantApps string
 	}{
-		{100, "a", 100, "a"},
-		{50, "b", 100, "a"},  // older: ignored
-		{100, "c", 100, "a"}, // same generation: ignored
-		{200, "d", 200, "d"}, // newer: replaces
-		{199, "e", 200, "d"},
+		{100, "a", true, "a"},
+		{50, "b", false, "a"},  // older
+		{100, "c", false, "a"}, // same generation
+		{200, "d", true, "d"},  // newer
+		{199, "e", false, "d"},
 	}
+	var wantGen uint64
 	for _, s := range steps {
 		before := changes.Load()
 		put(s.gen, s.app)
-		nv, _ := nodeOf(f, name)
-		if nv.State.GetGeneration() != s.wantGen || appNames(nv.State) != s.wantApps {
-			t.Fatalf("after PutState(gen %d, %s): gen %d apps %s, want gen %d apps %s",
-				s.gen, s.app, nv.State.GetGeneration(), appNames(nv.State), s.wantGen, s.wantApps)
+		if s.accepted {
+			wantGen = s.gen
 		}
-		if s.wantGen == s.gen {
+		nv, _ := nodeOf(f, name)
+		if nv.State.GetGeneration() != wantGen || appNames(nv.State) != s.wantApps {
+			t.Fatalf("after PutState(gen %d, %s): gen %d apps %s, want gen %d apps %s",
+				s.gen, s.app, nv.State.GetGeneration(), appNames(nv.State), wantGen, s.wantApps)
+		}
+		if s.accepted {
 			eventually(t, 2*time.Second, func() (bool, string) {
 				return changes.Load() > before, fmt.Sprintf("no OnChange after PutState(gen %d)", s.gen)
 			})
@@ -468,22 +476,35 @@ func TestMergeRemoteState(t *testing.T) {
 func TestSetLocalStateGenerationIncreases(t *testing.T) {
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
 	var last uint64
-	for i := range 100 {
-		pub := n.SetLocalState(nodeState("shop"))
-		if pub.GetGeneration() <= last {
-			t.Fatalf("call %d: generation %d after %d", i, pub.GetGeneration(), last)
+	publish := func(round string) {
+		for i := range 100 {
+			pub := n.SetLocalState(nodeState("shop"))
+			if pub.GetGeneration() <= last {
+				t.Fatalf("%s, call %d: generation %d after %d", round, i, pub.GetGeneration(), last)
+			}
+			if pub.GetNode() != n.cfg.Name {
+				t.Fatalf("published state of %q, want %q", pub.GetNode(), n.cfg.Name)
+			}
+			last = pub.GetGeneration()
 		}
-		if pub.GetNode() != n.cfg.Name {
-			t.Fatalf("published state of %q, want %q", pub.GetNode(), n.cfg.Name)
-		}
-		last = pub.GetGeneration()
 	}
+	publish("clock")
+	// A relayed state from a clock an hour ahead puts the generation past
+	// the clock, so every next one must come from the counter, not the clock.
+	ahead := nodeState()
+	ahead.Node = n.cfg.Name
+	ahead.Generation = uint64(time.Now().Add(time.Hour).UnixNano())
+	n.PutState(ahead)
+	last = ahead.GetGeneration()
+	publish("ahead of the clock")
 	if got := n.LocalState().GetGeneration(); got != last {
 		t.Fatalf("LocalState generation %d, want %d", got, last)
 	}
-	if m, _ := memberOf(n, n.cfg.Name); m.Generation != last {
-		t.Fatalf("own member generation %d, want %d", m.Generation, last)
-	}
+	// The meta is updated asynchronously; it must end at the latest.
+	eventually(t, 2*time.Second, func() (bool, string) {
+		m, _ := memberOf(n, n.cfg.Name)
+		return m.Generation == last, fmt.Sprintf("own member generation %d, want %d", m.Generation, last)
+	})
 	// The published copy is the caller's: changing it changes nothing.
 	pub := n.SetLocalState(nodeState("shop"))
 	pub.Apps = nil
@@ -496,6 +517,7 @@ func TestSetLocalStateGenerationIncreases(t *testing.T) {
 // run whose clock was ahead) never replaces what the node publishes, but the
 // node's generation jumps past it so that everyone takes the node's state.
 func TestRelayedOwnStateNotAccepted(t *testing.T) {
+	t.Parallel()
 	reg := &registry{}
 	f := newMember(t, herdv1.Role_ROLE_FRONT, func(c *Config) { c.Fetch = reg.fetch })
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
@@ -531,7 +553,7 @@ func TestRelayedOwnStateNotAccepted(t *testing.T) {
 // Every push/pull brings the node's own current state back from members
 // that have it; that echo is not newer and must not change the generation.
 func TestOwnStateEchoKeepsGeneration(t *testing.T) {
-	t.Skip("BUG: acceptLocked (cluster.go) bumps the local generation when a relayed state of this node has an EQUAL generation (>= instead of >), so every push/pull echo bumps it and makes every front fetch again")
+
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
 	pub := n.SetLocalState(nodeState("shop"))
 	n.PutState(proto.CloneOf(pub))
@@ -567,6 +589,7 @@ func TestOnChangeOnJoin(t *testing.T) {
 }
 
 func TestLeaveMarksLeft(t *testing.T) {
+	t.Parallel()
 	f1 := newMember(t, herdv1.Role_ROLE_FRONT, nil)
 	f2 := newMember(t, herdv1.Role_ROLE_FRONT, nil)
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
@@ -592,6 +615,44 @@ func TestLeaveMarksLeft(t *testing.T) {
 		if nv, ok := nodeOf(f, name); !ok || nv.Member.State != herdv1.MemberState_MEMBER_STATE_LEFT {
 			t.Errorf("%s: Nodes() lists %s as %v", f.cfg.Name, name, nv.Member.State)
 		}
+	}
+}
+
+// herd-front calls Leave as soon as its servers have stopped, which can be
+// right after Leaving.
+func TestLeaveRightAfterLeavingMarksLeft(t *testing.T) {
+
+	t.Parallel()
+	f := newMember(t, herdv1.Role_ROLE_FRONT, nil)
+	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
+	join(t, n, f)
+	waitMemberState(t, 5*time.Second, f, n.cfg.Name, herdv1.MemberState_MEMBER_STATE_ALIVE)
+	n.Leaving()
+	if err := n.Leave(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() (bool, string) {
+		m, _ := memberOf(f, n.cfg.Name)
+		return m.State != herdv1.MemberState_MEMBER_STATE_ALIVE, "the node never left"
+	})
+	if m, _ := memberOf(f, n.cfg.Name); m.State != herdv1.MemberState_MEMBER_STATE_LEFT {
+		t.Fatalf("a member that called Leaving and Leave is %v, want LEFT", m.State)
+	}
+}
+
+// Close must not wait for gossip it has just stopped.
+func TestCloseIsPrompt(t *testing.T) {
+	t.Skip("BUG: Close (cluster.go) waits for metaLoop, which is inside ml.UpdateNode(2 * time.Second); after ml.Shutdown the broadcast is never sent, so Close right after SetLocalState/Leaving blocks the full 2 s")
+	t.Parallel()
+	f := newMember(t, herdv1.Role_ROLE_FRONT, nil)
+	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
+	join(t, n, f)
+	waitMemberState(t, 5*time.Second, f, n.cfg.Name, herdv1.MemberState_MEMBER_STATE_ALIVE)
+	n.SetLocalState(nodeState("shop"))
+	start := time.Now()
+	n.Close()
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("Close took %v", d)
 	}
 }
 
@@ -652,6 +713,10 @@ func TestNoGoroutineLeak(t *testing.T) {
 	pub := cs[2].SetLocalState(nodeState("shop"))
 	waitState(t, 5*time.Second, cs[0], cs[2].cfg.Name, pub.GetGeneration())
 	cs[2].Leaving()
+	eventually(t, 5*time.Second, func() (bool, string) {
+		m, _ := memberOf(cs[0], cs[2].cfg.Name)
+		return m.Leaving, "the node's Leaving never arrived"
+	})
 	if err := cs[2].Leave(time.Second); err != nil {
 		t.Fatal(err)
 	}

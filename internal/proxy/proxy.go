@@ -24,9 +24,9 @@ import (
 // Config is the proxy's configuration. A zero field means its default.
 type Config struct {
 	Logger *slog.Logger
-	// TrustedProxies are peers whose X-Forwarded-*, Forwarded and
-	// X-Request-ID headers are kept (and appended to); everyone else's are
-	// replaced.
+	// TrustedProxies are peers whose X-Forwarded-* and Forwarded headers
+	// are kept (and appended to); everyone else's are replaced. (A sane
+	// X-Request-ID is kept from anyone: it only correlates logs.)
 	TrustedProxies []netip.Prefix
 	// AccessLog receives one line per request; nil means no access log.
 	AccessLog io.Writer
@@ -142,10 +142,9 @@ func (p *Proxy) SetRoutes(routes []Route) {
 	for addr, ep := range p.endpoints {
 		if !seen[addr] {
 			delete(p.endpoints, addr)
-			// In-flight requests keep their connections; idle ones go now,
-			// and the rest close when their requests finish.
+			// Idle connections go now; those of requests still in flight
+			// idle out after IdleConnTimeout.
 			ep.Transport.CloseIdleConnections()
-			ep.Transport.DisableKeepAlives = true
 		}
 	}
 	for name, a := range p.apps {
@@ -191,14 +190,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var rt *route
 	defer func() { p.finish(lw, r, rt, start) }()
 
+	id := p.requestID(r)
+	lw.reqID = id
+	lw.Header().Set("X-Request-ID", id)
 	rt = p.table.Load().match(r.Host, r.URL.Path)
 	if rt == nil {
 		http.Error(lw, "404 not found", http.StatusNotFound)
 		return
 	}
-	id := p.requestID(r)
-	lw.reqID = id
-	lw.Header().Set("X-Request-ID", id)
 
 	st := statePool.Get().(*reqState)
 	*st = reqState{route: rt, start: start}

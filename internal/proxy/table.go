@@ -131,8 +131,12 @@ func normPrefix(p string) string {
 }
 
 func stripPort(hostport string) string {
-	if host, _, err := net.SplitHostPort(hostport); err == nil {
-		return host
+	// SplitHostPort allocates its error for a Host without a port, the
+	// commonest form.
+	if strings.IndexByte(hostport, ':') >= 0 {
+		if host, _, err := net.SplitHostPort(hostport); err == nil {
+			hostport = host
+		}
 	}
 	return strings.TrimSuffix(hostport, ".")
 }

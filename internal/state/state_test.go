@@ -79,6 +79,11 @@ func TestPrepareUnchangedAndChanged(t *testing.T) {
 		t.Fatalf("redeploy of the same release: %s changed=%v, want v1 changed=false", rel.GetId(), changed)
 	}
 
+	edit := func(f func(*herdv1.AppSpec)) *herdv1.AppSpec {
+		s := spec("shop", 2)
+		f(s)
+		return s
+	}
 	tests := []struct {
 		name   string
 		spec   *herdv1.AppSpec
@@ -86,8 +91,9 @@ func TestPrepareUnchangedAndChanged(t *testing.T) {
 		wantID string
 	}{
 		{"new digest", spec("shop", 2), "sha256:bbb", "v2"},
-		{"new spec", spec("shop", 3), "sha256:bbb", "v3"},
-		{"new env", func() *herdv1.AppSpec { s := spec("shop", 3); s.Env["A"] = "2"; return s }(), "sha256:bbb", "v4"},
+		{"new command", edit(func(s *herdv1.AppSpec) { s.Command = "gunicorn other:app" }), "sha256:bbb", "v3"},
+		{"new env", edit(func(s *herdv1.AppSpec) { s.Command = "gunicorn other:app"; s.Env["A"] = "2" }), "sha256:bbb", "v4"},
+		{"new digest and workers", edit(func(s *herdv1.AppSpec) { s.Workers = 5 }), "sha256:ccc", "v5"},
 	}
 	for _, tt := range tests {
 		deploy(t, s, tt.spec, tt.digest, tt.wantID)
@@ -99,6 +105,39 @@ func TestPrepareUnchangedAndChanged(t *testing.T) {
 			t.Fatalf("%s: current is %s, want %s", tt.name, cur.GetId(), tt.wantID)
 		}
 	}
+}
+
+// Changing only the worker count scales the current release in place: the
+// same id and digest, the new spec, and no id spent.
+func TestScaleKeepsRelease(t *testing.T) {
+	s := open(t, t.TempDir())
+	v1 := deploy(t, s, spec("shop", 2), "sha256:aaa", "v1")
+
+	rel, changed, err := s.Prepare(spec("shop", 5), "sha256:aaa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !changed || rel.GetId() != "v1" || rel.GetDigest() != "sha256:aaa" || rel.GetSpec().GetWorkers() != 5 {
+		t.Fatalf("scaling to 5 workers: %v changed=%v, want v1 with 5 workers, changed", rel, changed)
+	}
+	if !proto.Equal(rel.GetCreated(), v1.GetCreated()) {
+		t.Errorf("scaling made a new release: created %v, was %v", rel.GetCreated(), v1.GetCreated())
+	}
+	// Nothing is recorded until Commit.
+	if cur, _ := s.Get("shop"); cur.GetSpec().GetWorkers() != 2 {
+		t.Fatalf("Prepare changed the current release to %d workers", cur.GetSpec().GetWorkers())
+	}
+	if err := s.Commit(rel); err != nil {
+		t.Fatal(err)
+	}
+	if cur, _ := s.Get("shop"); cur.GetId() != "v1" || cur.GetSpec().GetWorkers() != 5 {
+		t.Fatalf("after Commit: %s with %d workers, want v1 with 5", cur.GetId(), cur.GetSpec().GetWorkers())
+	}
+	if rel, changed, _ := s.Prepare(spec("shop", 5), "sha256:aaa"); changed || rel.GetId() != "v1" {
+		t.Fatalf("deploying the scaled release again: %s changed=%v, want v1 unchanged", rel.GetId(), changed)
+	}
+	// Scaling spent no id.
+	deploy(t, s, spec("shop", 5), "sha256:bbb", "v2")
 }
 
 // A release number is spent by Prepare even if the deploy never commits:
