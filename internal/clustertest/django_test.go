@@ -231,6 +231,17 @@ func ppidOf(pid int) int {
 	return ppid
 }
 
+func uidOf(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+			uid, _ := strconv.Atoi(f[1])
+			return uid
+		}
+	}
+	return -1
+}
+
 func pidsOf(ps []gunicornProc) []int {
 	var pids []int
 	for _, p := range ps {
@@ -345,6 +356,7 @@ func TestDjangoExample(t *testing.T) {
 	if page.Ppid != master || !slices.Contains(children, page.Pid) {
 		t.Fatalf("page was served by pid %d (parent %d), not by a worker of master %d %v", page.Pid, page.Ppid, master, children)
 	}
+	t.Logf("gunicorn master %d runs as uid %d", master, uidOf(master))
 	crashed := time.Now()
 	if err := syscall.Kill(master, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
