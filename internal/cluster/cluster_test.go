@@ -642,7 +642,6 @@ func TestLeaveRightAfterLeavingMarksLeft(t *testing.T) {
 
 // Close must not wait for gossip it has just stopped.
 func TestCloseIsPrompt(t *testing.T) {
-	t.Skip("BUG: Close (cluster.go) waits for metaLoop, which is inside ml.UpdateNode(2 * time.Second); after ml.Shutdown the broadcast is never sent, so Close right after SetLocalState/Leaving blocks the full 2 s")
 	t.Parallel()
 	f := newMember(t, herdv1.Role_ROLE_FRONT, nil)
 	n := newMember(t, herdv1.Role_ROLE_NODE, nil)
