@@ -37,6 +37,9 @@ type Service struct {
 	// OnCommit is called after an app's release changed (the front then
 	// rebuilds its routes). May be nil.
 	OnCommit func()
+	// Prepare readies the front for a release before any node moves; an
+	// error fails the deploy. May be nil.
+	Prepare func(*herdv1.Release) error
 }
 
 // Agents keeps one gRPC connection per node address. Safe for concurrent use.

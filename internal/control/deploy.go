@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
+	"path"
 	"regexp"
 	"strings"
 	"time"
@@ -51,6 +52,15 @@ func validateSpec(spec *herdv1.AppSpec) error {
 	default:
 		return fmt.Errorf("%w: --balance %q: want p2c, rr, sticky-cookie=NAME or sticky-header=NAME", errInvalid, spec.GetBalance())
 	}
+	for _, sd := range spec.GetStatic() {
+		p, dir := sd.GetUrlPrefix(), sd.GetDir()
+		if !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") {
+			return fmt.Errorf("%w: --static %s=%s: the URL prefix must start and end with /", errInvalid, p, dir)
+		}
+		if dir == "" || path.IsAbs(dir) || path.Clean(dir) != strings.TrimSuffix(dir, "/") || strings.HasPrefix(path.Clean(dir), "..") {
+			return fmt.Errorf("%w: --static %s=%s: the directory must be a clean path inside the release", errInvalid, p, dir)
+		}
+	}
 	if d := spec.GetQueueTimeout().AsDuration(); d < 0 {
 		return fmt.Errorf("%w: --queue-timeout %v must not be negative", errInvalid, d)
 	}
@@ -83,6 +93,11 @@ func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_Deploy
 	rel, changed, err := s.State.Prepare(spec, req.GetDigest())
 	if err != nil {
 		return toStatus(err)
+	}
+	if s.Prepare != nil {
+		if err := s.Prepare(rel); err != nil {
+			return status.Errorf(codes.FailedPrecondition, "deploy of %s %s refused by the front: %v", rel.GetApp(), rel.GetId(), err)
+		}
 	}
 	timeout := s.DeployTimeout
 	if d := req.GetTimeout().AsDuration(); d > 0 {

@@ -33,6 +33,8 @@ type deployOptions struct {
 	maxLifetime  time.Duration
 	maxMemory    string
 	stopTimeout  time.Duration
+	static       []string
+	cache        string
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -68,6 +70,8 @@ fails keeps its previous release serving.`,
 	f.DurationVar(&o.queueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for a free worker (then 503)")
 	f.DurationVar(&o.maxLifetime, "max-lifetime", 0, "replace a worker after this long, ±10% (a new one takes its place first); 0: never")
 	f.StringVar(&o.maxMemory, "max-memory", "", "replace a worker whose processes use more resident memory than `SIZE` (e.g. 512M, 2G)")
+	f.StringArrayVar(&o.static, "static", nil, "`/url/=dir/`: fronts serve the URL prefix from that directory of the release, not the app (repeatable)")
+	f.StringVar(&o.cache, "cache", "off", "on: fronts cache the app's cacheable responses (Cache-Control, Expires)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 0, "how long a worker may take to stop after SIGTERM before it is killed (0: the node's default, 30s)")
 	return cmd
 }
@@ -88,6 +92,17 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--max-memory %q: %w", o.maxMemory, err)}
 	}
+	var static []*herdv1.StaticDir
+	for _, sv := range o.static {
+		p, dir, ok := strings.Cut(sv, "=")
+		if !ok || p == "" || dir == "" {
+			return nil, usageError{fmt.Errorf("--static %q: want /url/=dir/", sv)}
+		}
+		static = append(static, &herdv1.StaticDir{UrlPrefix: p, Dir: strings.TrimSuffix(dir, "/")})
+	}
+	if o.cache != "on" && o.cache != "off" {
+		return nil, usageError{fmt.Errorf("--cache %q: want on or off", o.cache)}
+	}
 	hosts := make([]string, len(o.hosts))
 	for i, h := range o.hosts {
 		hosts[i] = strings.ToLower(h)
@@ -107,6 +122,8 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		MaxLifetime:  durationpb.New(o.maxLifetime),
 		MaxMemory:    maxMemory,
 		StopTimeout:  durationpb.New(o.stopTimeout),
+		Static:       static,
+		Cache:        o.cache == "on",
 	}, nil
 }
 

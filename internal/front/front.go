@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -171,6 +172,8 @@ func Run(ctx context.Context, cfg Config) error {
 	// Gossip may call refresh before cluster.New has returned.
 	var clp atomic.Pointer[cluster.Cluster]
 	acks := newAcker(cfg.Name, agents, log)
+	files := newReleaseFiles(cfg.DataDir, artifacts, log)
+	defer files.close()
 	var refreshMu sync.Mutex
 	refresh := func() {
 		cl := clp.Load()
@@ -182,9 +185,10 @@ func Run(ctx context.Context, cfg Config) error {
 		refreshMu.Lock()
 		defer refreshMu.Unlock()
 		nodes := cl.Nodes()
-		px.SetRoutes(routes(st.List(), nodes))
+		px.SetRoutes(routes(st.List(), nodes, files))
 		acks.applied(nodes)
 	}
+	files.onReady = refresh
 	cl, err := cluster.New(cluster.Config{
 		Name:      cfg.Name,
 		Role:      herdv1.Role_ROLE_FRONT,
@@ -210,6 +214,15 @@ func Run(ctx context.Context, cfg Config) error {
 		Self:          grpcAddr,
 		DeployTimeout: cfg.DeployTimeout,
 		OnCommit:      refresh,
+		// The front serves static files from its own copy of a release:
+		// unpacked before any node moves, so the files are there when
+		// traffic shifts (and a bad artifact fails the deploy here).
+		Prepare: func(rel *herdv1.Release) error {
+			if len(rel.GetSpec().GetStatic()) == 0 {
+				return nil
+			}
+			return files.ensure(rel.GetDigest())
+		},
 	}
 	gs := grpc.NewServer()
 	herdv1.RegisterControlServer(gs, svc)
@@ -303,13 +316,17 @@ func adminMux(reg *prometheus.Registry) *http.ServeMux {
 // which hosts) and gossip (which endpoints are ready). A node's endpoints
 // count only on the node's own address, so a node cannot claim traffic for
 // another host.
-func routes(apps []*herdv1.Release, nodes []cluster.NodeView) []proxy.Route {
+func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFiles) []proxy.Route {
 	eps := map[string][]proxy.Endpoint{}
+	running := map[string][]string{} // app -> digests live nodes run
 	for _, n := range nodes {
 		if n.Member.State != herdv1.MemberState_MEMBER_STATE_ALIVE || n.Leaving || n.State == nil {
 			continue
 		}
 		for _, a := range n.State.GetApps() {
+			if d := a.GetDigest(); d != "" && !slices.Contains(running[a.GetApp()], d) {
+				running[a.GetApp()] = append(running[a.GetApp()], d)
+			}
 			for _, e := range a.GetEndpoints() {
 				if h, _, err := net.SplitHostPort(e.GetAddress()); err == nil && h == n.Addr {
 					eps[a.GetApp()] = append(eps[a.GetApp()], proxy.Endpoint{Addr: e.GetAddress(), Node: n.Name, Worker: e.GetWorker()})
@@ -320,7 +337,18 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView) []proxy.Route {
 	var out []proxy.Route
 	for _, rel := range apps {
 		spec := rel.GetSpec()
+		var static []proxy.StaticMount
+		if len(spec.GetStatic()) > 0 {
+			digests := []string{rel.GetDigest()}
+			for _, d := range running[rel.GetApp()] {
+				if d != rel.GetDigest() {
+					digests = append(digests, d)
+				}
+			}
+			static = files.mounts(spec, digests)
+		}
 		out = append(out, proxy.Route{
+			Static:       static,
 			App:          rel.GetApp(),
 			Hosts:        spec.GetHosts(),
 			Prefix:       spec.GetPathPrefix(),

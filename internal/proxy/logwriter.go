@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -51,6 +52,23 @@ func (w *logWriter) Write(b []byte) (int, error) {
 }
 
 func (w *logWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ReadFrom keeps the connection's sendfile path open for static files
+// (io.Copy looks for io.ReaderFrom on the writer it is given).
+func (w *logWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{w.ResponseWriter}, r)
+	}
+	w.bytes += n
+	return n, err
+}
 
 func (w *logWriter) status() int {
 	if w.code == 0 {

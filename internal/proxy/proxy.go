@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/balance"
+	"github.com/herd-run/herd/internal/static"
 )
 
 // Config is the proxy's configuration. A zero field means its default.
@@ -198,6 +199,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(lw, "404 not found", http.StatusNotFound)
 		return
 	}
+	for _, m := range rt.Static {
+		if rel, ok := strings.CutPrefix(r.URL.Path, m.Prefix); ok {
+			serveStatic(lw, r, m, rel)
+			return
+		}
+	}
 
 	st := statePool.Get().(*reqState)
 	*st = reqState{route: rt, start: start}
@@ -228,5 +235,18 @@ func (p *Proxy) finish(lw *logWriter, r *http.Request, rt *route, start time.Tim
 	}
 	if p.cfg.AccessLog != nil {
 		p.writeAccessLog(lw, r, app, d)
+	}
+}
+
+// serveStatic answers from release files: the app never sees requests
+// under a static prefix (as with nginx's alias: no file, 404).
+func serveStatic(w http.ResponseWriter, r *http.Request, m StaticMount, rel string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if !static.Serve(w, r, m.Dirs, rel) {
+		http.Error(w, "404 not found", http.StatusNotFound)
 	}
 }

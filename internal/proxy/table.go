@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/balance"
+	"github.com/herd-run/herd/internal/static"
 )
 
 // Route sends requests for some hosts and a path prefix to an app's
@@ -31,6 +32,17 @@ type Route struct {
 	// zero means the defaults (1024, 30 s).
 	MaxQueue     int
 	QueueTimeout time.Duration
+	// Static are URL prefixes answered from release files instead of the
+	// app (first match wins).
+	Static []StaticMount
+}
+
+// StaticMount serves a URL prefix from release directories, the first
+// that has the file winning (the desired release first, then older ones
+// still running somewhere).
+type StaticMount struct {
+	Prefix string // "/static/"
+	Dirs   []*static.Dir
 }
 
 // Endpoint is one ready worker.

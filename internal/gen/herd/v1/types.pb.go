@@ -165,7 +165,12 @@ type AppSpec struct {
 	MaxMemory uint64 `protobuf:"varint,13,opt,name=max_memory,json=maxMemory,proto3" json:"max_memory,omitempty"`
 	// How long a worker may take to stop after SIGTERM before its process
 	// group is killed (0: the node's default, 30 s).
-	StopTimeout   *durationpb.Duration `protobuf:"bytes,14,opt,name=stop_timeout,json=stopTimeout,proto3" json:"stop_timeout,omitempty"`
+	StopTimeout *durationpb.Duration `protobuf:"bytes,14,opt,name=stop_timeout,json=stopTimeout,proto3" json:"stop_timeout,omitempty"`
+	// URL prefixes the fronts serve from directories of the release instead
+	// of passing to the app.
+	Static []*StaticDir `protobuf:"bytes,15,rep,name=static,proto3" json:"static,omitempty"`
+	// Whether fronts cache the app's cacheable responses.
+	Cache         bool `protobuf:"varint,16,opt,name=cache,proto3" json:"cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -298,6 +303,75 @@ func (x *AppSpec) GetStopTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *AppSpec) GetStatic() []*StaticDir {
+	if x != nil {
+		return x.Static
+	}
+	return nil
+}
+
+func (x *AppSpec) GetCache() bool {
+	if x != nil {
+		return x.Cache
+	}
+	return false
+}
+
+// StaticDir maps a URL prefix to a directory inside the release.
+type StaticDir struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "/static/": starts and ends with "/".
+	UrlPrefix string `protobuf:"bytes,1,opt,name=url_prefix,json=urlPrefix,proto3" json:"url_prefix,omitempty"`
+	// "static" or "public/assets": relative to the release root.
+	Dir           string `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StaticDir) Reset() {
+	*x = StaticDir{}
+	mi := &file_herd_v1_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StaticDir) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StaticDir) ProtoMessage() {}
+
+func (x *StaticDir) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StaticDir.ProtoReflect.Descriptor instead.
+func (*StaticDir) Descriptor() ([]byte, []int) {
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StaticDir) GetUrlPrefix() string {
+	if x != nil {
+		return x.UrlPrefix
+	}
+	return ""
+}
+
+func (x *StaticDir) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
 // Release is one deployable version of an app: its spec and artifact.
 type Release struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -314,7 +388,7 @@ type Release struct {
 
 func (x *Release) Reset() {
 	*x = Release{}
-	mi := &file_herd_v1_types_proto_msgTypes[1]
+	mi := &file_herd_v1_types_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +400,7 @@ func (x *Release) String() string {
 func (*Release) ProtoMessage() {}
 
 func (x *Release) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_types_proto_msgTypes[1]
+	mi := &file_herd_v1_types_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +413,7 @@ func (x *Release) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Release.ProtoReflect.Descriptor instead.
 func (*Release) Descriptor() ([]byte, []int) {
-	return file_herd_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Release) GetApp() string {
@@ -390,7 +464,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_herd_v1_types_proto_msgTypes[2]
+	mi := &file_herd_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +476,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_types_proto_msgTypes[2]
+	mi := &file_herd_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +489,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_herd_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -450,7 +524,7 @@ type AppState struct {
 
 func (x *AppState) Reset() {
 	*x = AppState{}
-	mi := &file_herd_v1_types_proto_msgTypes[3]
+	mi := &file_herd_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +536,7 @@ func (x *AppState) String() string {
 func (*AppState) ProtoMessage() {}
 
 func (x *AppState) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_types_proto_msgTypes[3]
+	mi := &file_herd_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +549,7 @@ func (x *AppState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppState.ProtoReflect.Descriptor instead.
 func (*AppState) Descriptor() ([]byte, []int) {
-	return file_herd_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AppState) GetApp() string {
@@ -536,7 +610,7 @@ type NodeState struct {
 
 func (x *NodeState) Reset() {
 	*x = NodeState{}
-	mi := &file_herd_v1_types_proto_msgTypes[4]
+	mi := &file_herd_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +622,7 @@ func (x *NodeState) String() string {
 func (*NodeState) ProtoMessage() {}
 
 func (x *NodeState) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_types_proto_msgTypes[4]
+	mi := &file_herd_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +635,7 @@ func (x *NodeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeState.ProtoReflect.Descriptor instead.
 func (*NodeState) Descriptor() ([]byte, []int) {
-	return file_herd_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodeState) GetNode() string {
@@ -603,7 +677,7 @@ type GossipState struct {
 
 func (x *GossipState) Reset() {
 	*x = GossipState{}
-	mi := &file_herd_v1_types_proto_msgTypes[5]
+	mi := &file_herd_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +689,7 @@ func (x *GossipState) String() string {
 func (*GossipState) ProtoMessage() {}
 
 func (x *GossipState) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_types_proto_msgTypes[5]
+	mi := &file_herd_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +702,7 @@ func (x *GossipState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipState.ProtoReflect.Descriptor instead.
 func (*GossipState) Descriptor() ([]byte, []int) {
-	return file_herd_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GossipState) GetNodes() []*NodeState {
@@ -664,7 +738,7 @@ type WorkerStatus struct {
 
 func (x *WorkerStatus) Reset() {
 	*x = WorkerStatus{}
-	mi := &file_herd_v1_types_proto_msgTypes[6]
+	mi := &file_herd_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +750,7 @@ func (x *WorkerStatus) String() string {
 func (*WorkerStatus) ProtoMessage() {}
 
 func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_types_proto_msgTypes[6]
+	mi := &file_herd_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +763,7 @@ func (x *WorkerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStatus.ProtoReflect.Descriptor instead.
 func (*WorkerStatus) Descriptor() ([]byte, []int) {
-	return file_herd_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkerStatus) GetApp() string {
@@ -784,7 +858,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_herd_v1_types_proto_msgTypes[7]
+	mi := &file_herd_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +870,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_types_proto_msgTypes[7]
+	mi := &file_herd_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +883,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_herd_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_herd_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LogLine) GetNode() string {
@@ -851,7 +925,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x04\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x05\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -870,10 +944,16 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\fmax_lifetime\x18\f \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12\x1d\n" +
 	"\n" +
 	"max_memory\x18\r \x01(\x04R\tmaxMemory\x12<\n" +
-	"\fstop_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vstopTimeout\x1a6\n" +
+	"\fstop_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vstopTimeout\x12*\n" +
+	"\x06static\x18\x0f \x03(\v2\x12.herd.v1.StaticDirR\x06static\x12\x14\n" +
+	"\x05cache\x18\x10 \x01(\bR\x05cache\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
+	"\tStaticDir\x12\x1d\n" +
+	"\n" +
+	"url_prefix\x18\x01 \x01(\tR\turlPrefix\x12\x10\n" +
+	"\x03dir\x18\x02 \x01(\tR\x03dir\"\x9f\x01\n" +
 	"\aRelease\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x16\n" +
@@ -946,39 +1026,41 @@ func file_herd_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_herd_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_herd_v1_types_proto_goTypes = []any{
 	(Role)(0),                     // 0: herd.v1.Role
 	(MemberState)(0),              // 1: herd.v1.MemberState
 	(*AppSpec)(nil),               // 2: herd.v1.AppSpec
-	(*Release)(nil),               // 3: herd.v1.Release
-	(*Endpoint)(nil),              // 4: herd.v1.Endpoint
-	(*AppState)(nil),              // 5: herd.v1.AppState
-	(*NodeState)(nil),             // 6: herd.v1.NodeState
-	(*GossipState)(nil),           // 7: herd.v1.GossipState
-	(*WorkerStatus)(nil),          // 8: herd.v1.WorkerStatus
-	(*LogLine)(nil),               // 9: herd.v1.LogLine
-	nil,                           // 10: herd.v1.AppSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*StaticDir)(nil),             // 3: herd.v1.StaticDir
+	(*Release)(nil),               // 4: herd.v1.Release
+	(*Endpoint)(nil),              // 5: herd.v1.Endpoint
+	(*AppState)(nil),              // 6: herd.v1.AppState
+	(*NodeState)(nil),             // 7: herd.v1.NodeState
+	(*GossipState)(nil),           // 8: herd.v1.GossipState
+	(*WorkerStatus)(nil),          // 9: herd.v1.WorkerStatus
+	(*LogLine)(nil),               // 10: herd.v1.LogLine
+	nil,                           // 11: herd.v1.AppSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_herd_v1_types_proto_depIdxs = []int32{
-	10, // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
-	11, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
-	11, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
-	11, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
-	2,  // 4: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
-	12, // 5: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
-	4,  // 6: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
-	5,  // 7: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
-	6,  // 8: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
-	12, // 9: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
-	12, // 10: herd.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	11, // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
+	12, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
+	12, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
+	12, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
+	3,  // 4: herd.v1.AppSpec.static:type_name -> herd.v1.StaticDir
+	2,  // 5: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
+	13, // 6: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
+	5,  // 7: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
+	6,  // 8: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
+	7,  // 9: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
+	13, // 10: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
+	13, // 11: herd.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_types_proto_init() }
@@ -992,7 +1074,7 @@ func file_herd_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_types_proto_rawDesc), len(file_herd_v1_types_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
