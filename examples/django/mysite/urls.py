@@ -1,6 +1,4 @@
-from django.conf import settings
-from django.urls import path, re_path
-from django.views.static import serve
+from django.urls import path
 
 from hello import views
 
@@ -8,8 +6,7 @@ urlpatterns = [
     path('', views.index, name='index'),
     path('healthz', views.healthz, name='healthz'),
     path('form', views.form, name='form'),
-    # herd-front does not serve static files yet, so Django serves the
-    # collectstatic output itself. django.views.static.serve is fine for an
-    # example's one stylesheet, not for heavy static traffic.
-    re_path(r'^static/(?P<path>.*)$', serve, {'document_root': settings.STATIC_ROOT}),
+    # /static/ is served by herd-front from the release's staticfiles/
+    # (herdctl deploy --static /static/=staticfiles/): it never reaches
+    # Gunicorn.
 ]
