@@ -3,11 +3,14 @@ package clustertest
 import (
 	"bytes"
 	"compress/gzip"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/andybalholm/brotli"
 )
 
 // TestStaticFiles: the front serves an app's static files from its own
@@ -26,6 +29,7 @@ func TestStaticFiles(t *testing.T) {
 		"static/app.css.gz":      gz.Bytes(),
 		"static/app.0123abcd.js": []byte("console.log(1)\n"),
 		"static/sub/page.txt":    []byte("0123456789"),
+		"static/big.txt":         []byte(strings.Repeat("herd compresses text on the fly\n", 200)),
 		"static/.env":            []byte("SECRET=1"),
 		"static/sub/.git/config": []byte("[core]"),
 	}
@@ -90,6 +94,18 @@ func TestStaticFiles(t *testing.T) {
 	}
 	if resp, _, _ := c.Do("POST", helloHost, "/static/app.css", nil, strings.NewReader("x")); resp.StatusCode != 405 {
 		t.Errorf("POST to a static file: %d, want 405", resp.StatusCode)
+	}
+	// No precompressed sibling: compressed on the fly (brotli preferred),
+	// but never for a range.
+	big := strings.Repeat("herd compresses text on the fly\n", 200)
+	resp, body = get("/static/big.txt", http.Header{"Accept-Encoding": {"gzip, br"}})
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "br" || !strings.Contains(resp.Header.Get("Vary"), "Accept-Encoding") {
+		t.Errorf("on the fly: %d %v", resp.StatusCode, resp.Header)
+	} else if plain, err := io.ReadAll(brotli.NewReader(strings.NewReader(body))); err != nil || string(plain) != big || len(body) >= len(big)/4 {
+		t.Errorf("brotli body: %d bytes for %d, decodes to %d bytes, %v", len(body), len(big), len(plain), err)
+	}
+	if resp, body := get("/static/big.txt", http.Header{"Accept-Encoding": {"gzip, br"}, "Range": {"bytes=0-3"}}); resp.StatusCode != 206 || resp.Header.Get("Content-Encoding") != "" || body != "herd" {
+		t.Errorf("range with Accept-Encoding: %d %v %q", resp.StatusCode, resp.Header, body)
 	}
 	// Everything else still goes to the app.
 	if h, err := c.GetHello(helloHost); err != nil || h.App != "hello" {

@@ -31,19 +31,19 @@ func statusFor(r *http.Request, err error) (status int, retryAfter bool) {
 // fail is the ReverseProxy's ErrorHandler.
 func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, retryAfter := statusFor(r, err)
-	if lw, ok := w.(*logWriter); ok {
-		lw.err = err
-	}
-	if status == statusClientClosed {
-		if lw, ok := w.(*logWriter); ok {
-			lw.code = statusClientClosed
-		}
-		return
-	}
 	st, _ := r.Context().Value(ctxKey{}).(*reqState)
 	app := ""
 	if st != nil {
 		app = st.route.App
+		if st.lw != nil {
+			st.lw.err = err
+			if status == statusClientClosed {
+				st.lw.code = statusClientClosed
+			}
+		}
+	}
+	if status == statusClientClosed {
+		return
 	}
 	p.log.Warn("request failed", "app", app, "host", r.Host, "path", r.URL.Path, "status", status, "err", err)
 	if retryAfter {

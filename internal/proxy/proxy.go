@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/balance"
+	"github.com/herd-run/herd/internal/compress"
 	"github.com/herd-run/herd/internal/static"
 )
 
@@ -86,9 +87,11 @@ func New(cfg Config) *Proxy {
 		Transport:    upstream{p},
 		ErrorHandler: p.fail,
 		ErrorLog:     slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
-		// Bytes reach the client as the worker writes them (streaming);
-		// buffering slow clients away from workers is the edge's job.
-		FlushInterval: -1,
+		// Zero: ReverseProxy flushes at once for streams (no length, or
+		// text/event-stream) and lets a response of known length go out in
+		// as few writes as possible (one syscall for a small one).
+		FlushInterval: 0,
+		BufferPool:    copyBuffers{},
 	}
 	p.table.Store(newTable(nil))
 	return p
@@ -180,6 +183,7 @@ type reqState struct {
 	ep    *balance.Endpoint // the endpoint that answered
 	wait  time.Duration     // time spent queued
 	tries int
+	lw    *logWriter // what the client was sent, for the error handler
 }
 
 var statePool = sync.Pool{New: func() any { return new(reqState) }}
@@ -199,15 +203,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(lw, "404 not found", http.StatusNotFound)
 		return
 	}
+	// Compressed on the way out when the client takes it and it pays (see
+	// package compress); precompressed static files are sent as they are.
+	cw, closeCompress := compress.NewWriter(lw, r, nil)
+	defer closeCompress()
 	for _, m := range rt.Static {
 		if rel, ok := strings.CutPrefix(r.URL.Path, m.Prefix); ok {
-			serveStatic(lw, r, m, rel)
+			serveStatic(cw, r, m, rel)
 			return
 		}
 	}
 
 	st := statePool.Get().(*reqState)
-	*st = reqState{route: rt, start: start}
+	*st = reqState{route: rt, start: start, lw: lw}
 	defer statePool.Put(st)
 	if rt.policy == balance.StickyCookie || rt.policy == balance.StickyHeader {
 		st.key = balance.StickyKey(rt.policy, rt.stickyName, r)
@@ -218,7 +226,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt.app.active.Add(1)
 	defer rt.app.active.Add(-1)
-	p.rp.ServeHTTP(lw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
+	p.rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
 	lw.ep, lw.wait = st.ep, st.wait
 }
 
@@ -248,5 +256,20 @@ func serveStatic(w http.ResponseWriter, r *http.Request, m StaticMount, rel stri
 	}
 	if !static.Serve(w, r, m.Dirs, rel) {
 		http.Error(w, "404 not found", http.StatusNotFound)
+	}
+}
+
+// copyBuffers recycles ReverseProxy's 32 KiB copy buffers, which would
+// otherwise be allocated per request.
+type copyBuffers struct{}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte { return *(copyBufPool.Get().(*[]byte)) }
+
+func (copyBuffers) Put(b []byte) {
+	if cap(b) >= 32<<10 {
+		b = b[:32<<10]
+		copyBufPool.Put(&b)
 	}
 }

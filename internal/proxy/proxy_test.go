@@ -546,10 +546,13 @@ func TestFailStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := httptest.NewRequestWithContext(tt.ctx, "GET", "http://shop.test/", nil)
 			rec := httptest.NewRecorder()
 			lw := newLogWriter(rec)
 			defer lw.release()
+			// The error handler finds the request's log writer through its
+			// state, as ServeHTTP sets it up.
+			st := &reqState{route: &route{Route: Route{App: "shop"}}, lw: lw}
+			r := httptest.NewRequestWithContext(context.WithValue(tt.ctx, ctxKey{}, st), "GET", "http://shop.test/", nil)
 			p.fail(lw, r, tt.err)
 			if got := lw.status(); got != tt.want {
 				t.Fatalf("fail(%v) logged %d, want %d", tt.err, got, tt.want)
