@@ -241,6 +241,7 @@ type server struct {
 
 	healthFailing atomic.Bool
 	inflight      atomic.Int64
+	cacheServed   atomic.Int64
 
 	hangOnce sync.Once
 	hung     chan struct{} // closed by the first /hang
@@ -269,6 +270,7 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("/fail-health", s.serveFailHealth)
 	mux.HandleFunc("/hang", s.serveHang)
 	mux.HandleFunc("/headers", s.serveHeaders)
+	mux.HandleFunc("/cache", s.serveCache)
 	return s.stallIfHung(s.countInFlight(mux))
 }
 
@@ -286,6 +288,39 @@ func (s *server) countInFlight(next http.Handler) http.Handler {
 		defer s.inflight.Add(-1)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), inflightKey{}, n)))
 	})
+}
+
+type cacheReply struct {
+	reply
+	// Served counts the /cache requests this process answered, so a test
+	// sees whether an answer came from the worker or from a cache.
+	Served int64 `json:"served"`
+}
+
+// serveCache answers with Cache-Control: public, max-age=N (from ?max-age=N,
+// default 60) after ?ms=M of work, and with a Set-Cookie if ?cookie=1.
+func (s *server) serveCache(w http.ResponseWriter, r *http.Request) {
+	maxAge, given, err := queryInt(r, "max-age")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !given {
+		maxAge = 60
+	}
+	d, _, err := queryDelay(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !sleep(r.Context(), d) {
+		return
+	}
+	w.Header().Set("Cache-Control", "public, max-age="+strconv.Itoa(maxAge))
+	if r.URL.Query().Get("cookie") == "1" {
+		http.SetCookie(w, &http.Cookie{Name: "session", Value: strconv.FormatInt(s.cacheServed.Load(), 10)})
+	}
+	writeJSON(w, cacheReply{reply: s.reply(r), Served: s.cacheServed.Add(1)})
 }
 
 func (s *server) serveHeaders(w http.ResponseWriter, r *http.Request) {

@@ -620,3 +620,32 @@ func TestInFlightAndHeaders(t *testing.T) {
 		t.Fatalf("inflight is %d after every request finished", n)
 	}
 }
+
+func TestCacheEndpoint(t *testing.T) {
+	s := newServer(config{id: identity{App: "hello"}}, log.New(io.Discard, "", 0))
+	srv := httptest.NewServer(s.handler())
+	defer srv.Close()
+	var served []int64
+	for _, path := range []string{"/cache?max-age=30", "/cache?cookie=1"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			Served int64 `json:"served"`
+		}
+		json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		served = append(served, got.Served)
+		cookie := resp.Header.Get("Set-Cookie") != ""
+		if resp.Header.Get("Cache-Control") == "" || cookie != strings.Contains(path, "cookie") {
+			t.Errorf("%s: Cache-Control %q, Set-Cookie %v", path, resp.Header.Get("Cache-Control"), cookie)
+		}
+	}
+	if served[0] != 1 || served[1] != 2 {
+		t.Errorf("served counts %v, want [1 2]", served)
+	}
+	if resp, _ := http.Get(srv.URL + "/cache?max-age=x"); resp.StatusCode != 400 {
+		t.Errorf("bad max-age: %d", resp.StatusCode)
+	}
+}

@@ -48,9 +48,10 @@ const (
 // Endpoint is one ready worker as a front sees it. Its counters are
 // updated without locks on the request path.
 type Endpoint struct {
-	Addr   string // host:port
-	Node   string
-	Worker string
+	Addr    string // host:port
+	Node    string
+	Worker  string
+	Release string
 	// Transport is the keep-alive pool to this endpoint; the proxy owns it.
 	Transport *http.Transport
 

@@ -335,7 +335,7 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFile
 			}
 			for _, e := range a.GetEndpoints() {
 				if h, _, err := net.SplitHostPort(e.GetAddress()); err == nil && h == n.Addr {
-					eps[a.GetApp()] = append(eps[a.GetApp()], proxy.Endpoint{Addr: e.GetAddress(), Node: n.Name, Worker: e.GetWorker()})
+					eps[a.GetApp()] = append(eps[a.GetApp()], proxy.Endpoint{Addr: e.GetAddress(), Node: n.Name, Worker: e.GetWorker(), Release: a.GetRelease()})
 				}
 			}
 		}
@@ -355,6 +355,7 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFile
 		}
 		out = append(out, proxy.Route{
 			Static:       static,
+			Cache:        spec.GetCache(),
 			App:          rel.GetApp(),
 			Hosts:        spec.GetHosts(),
 			Prefix:       spec.GetPathPrefix(),

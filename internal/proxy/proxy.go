@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/herd-run/herd/internal/balance"
+	"github.com/herd-run/herd/internal/cache"
 	"github.com/herd-run/herd/internal/compress"
 	"github.com/herd-run/herd/internal/static"
 )
@@ -41,6 +42,9 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for a worker's response
 	// headers (default 60 s).
 	ResponseHeaderTimeout time.Duration
+	// CacheBytes bounds the response cache of the apps with Cache on
+	// (default 64 MiB).
+	CacheBytes int64
 	// IdleConnTimeout closes pooled worker connections idle this long
 	// (default 1.5 s, below Gunicorn's 2 s keep-alive, so a worker never
 	// closes a connection just as a request goes out on it).
@@ -59,6 +63,7 @@ type Proxy struct {
 	mu        sync.Mutex // serializes SetRoutes
 	endpoints map[string]*balance.Endpoint
 	apps      map[string]*appStats
+	cache     *cache.Cache
 }
 
 // New returns a proxy with no routes (every request gets 404).
@@ -81,6 +86,7 @@ func New(cfg Config) *Proxy {
 		trust:     cfg.TrustedProxies,
 		endpoints: map[string]*balance.Endpoint{},
 		apps:      map[string]*appStats{},
+		cache:     cache.New(cfg.CacheBytes, nil),
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
@@ -116,10 +122,18 @@ func (p *Proxy) SetRoutes(routes []Route) {
 		apps[rt.App] = true
 		r.retry = r.app.retry
 		eps := make([]*balance.Endpoint, 0, len(rt.Endpoints))
+		r.releases = map[string]bool{}
 		for _, e := range rt.Endpoints {
+			r.releases[e.Release] = true
 			ep := p.endpoints[e.Addr]
+			if ep != nil && (ep.Release != e.Release || ep.Node != e.Node) {
+				// The port now belongs to another worker.
+				ep.Transport.CloseIdleConnections()
+				ep = nil
+			}
 			if ep == nil {
 				ep = balance.NewEndpoint(e.Addr, e.Node, e.Worker, rt.Concurrency)
+				ep.Release = e.Release
 				ep.Transport = p.newTransport()
 				p.endpoints[e.Addr] = ep
 			}
@@ -140,6 +154,9 @@ func (p *Proxy) SetRoutes(routes []Route) {
 				p.log.Warn("endpoint ejected by passive health checks", "app", app.name, "endpoint", e.Addr, "node", e.Node)
 			},
 		})
+		if rt.Cache {
+			p.cache.DropReleases(rt.App, r.live)
+		}
 		rs = append(rs, r)
 	}
 	p.table.Store(newTable(rs))
@@ -226,7 +243,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt.app.active.Add(1)
 	defer rt.app.active.Add(-1)
-	p.rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
+	if rt.Cache && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		p.serveCached(cw, r, rt, st)
+	} else {
+		p.rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
+	}
 	lw.ep, lw.wait = st.ep, st.wait
 }
 

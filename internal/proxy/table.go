@@ -35,6 +35,8 @@ type Route struct {
 	// Static are URL prefixes answered from release files instead of the
 	// app (first match wins).
 	Static []StaticMount
+	// Cache turns on the response cache for the app.
+	Cache bool
 }
 
 // StaticMount serves a URL prefix from release directories, the first
@@ -47,9 +49,10 @@ type StaticMount struct {
 
 // Endpoint is one ready worker.
 type Endpoint struct {
-	Addr   string // host:port
-	Node   string
-	Worker string
+	Addr    string // host:port
+	Node    string
+	Worker  string
+	Release string // the release it runs (cache entries are keyed by it)
 }
 
 // route is a Route as the table uses it: with the live endpoint set and
@@ -61,7 +64,11 @@ type route struct {
 	stickyName string
 	app        *appStats
 	retry      *retryBudget
+	releases   map[string]bool // releases the app's endpoints run
 }
+
+// live reports whether a release still serves the app (for the cache).
+func (r *route) live(release string) bool { return r.releases[release] }
 
 // table is an immutable routing table; the proxy swaps whole tables, so a
 // request keeps the table it started with.
