@@ -43,6 +43,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -404,6 +405,13 @@ func (s *server) serveStream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		d = 100 * time.Millisecond
 	}
+	// pad=N adds N bytes to every line, for big answers.
+	pad, _, err := queryInt(r, "pad")
+	if err != nil || pad > 1<<16 {
+		http.Error(w, "pad must be 0..65536", http.StatusBadRequest)
+		return
+	}
+	padding := strings.Repeat(".", pad)
 
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -411,7 +419,7 @@ func (s *server) serveStream(w http.ResponseWriter, r *http.Request) {
 		if i > 1 && !sleep(r.Context(), d) {
 			return
 		}
-		if _, err := fmt.Fprintf(w, "line %d of %d %s %s %s\n", i, n, s.id.Node, s.id.Worker, s.id.Release); err != nil {
+		if _, err := fmt.Fprintf(w, "line %d of %d %s %s %s%s\n", i, n, s.id.Node, s.id.Worker, s.id.Release, padding); err != nil {
 			return
 		}
 		// Without the flush lines would sit in the server's buffer, and a

@@ -35,6 +35,8 @@ type deployOptions struct {
 	stopTimeout  time.Duration
 	static       []string
 	cache        string
+	buffering    string
+	maxBody      string
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -71,6 +73,8 @@ fails keeps its previous release serving.`,
 	f.DurationVar(&o.maxLifetime, "max-lifetime", 0, "replace a worker after this long, ±10% (a new one takes its place first); 0: never")
 	f.StringVar(&o.maxMemory, "max-memory", "", "replace a worker whose processes use more resident memory than `SIZE` (e.g. 512M, 2G)")
 	f.StringArrayVar(&o.static, "static", nil, "`/url/=dir/`: fronts serve the URL prefix from that directory of the release, not the app (repeatable)")
+	f.StringVar(&o.buffering, "buffering", "on", "on: fronts hold whole request and response bodies so slow clients never hold a worker; off: pass them through")
+	f.StringVar(&o.maxBody, "max-body", "16M", "largest request body fronts accept, `SIZE` (413 beyond)")
 	f.StringVar(&o.cache, "cache", "off", "on: fronts cache the app's cacheable responses (Cache-Control, Expires)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 0, "how long a worker may take to stop after SIGTERM before it is killed (0: the node's default, 30s)")
 	return cmd
@@ -103,6 +107,13 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 	if o.cache != "on" && o.cache != "off" {
 		return nil, usageError{fmt.Errorf("--cache %q: want on or off", o.cache)}
 	}
+	if o.buffering != "on" && o.buffering != "off" {
+		return nil, usageError{fmt.Errorf("--buffering %q: want on or off", o.buffering)}
+	}
+	maxBody, err := parseSize(o.maxBody)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--max-body %q: %w", o.maxBody, err)}
+	}
 	hosts := make([]string, len(o.hosts))
 	for i, h := range o.hosts {
 		hosts[i] = strings.ToLower(h)
@@ -124,6 +135,8 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		StopTimeout:  durationpb.New(o.stopTimeout),
 		Static:       static,
 		Cache:        o.cache == "on",
+		BufferingOff: o.buffering == "off",
+		MaxBody:      maxBody,
 	}, nil
 }
 

@@ -160,7 +160,12 @@ func Run(ctx context.Context, cfg Config) error {
 	defer closeLog()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	tmp := filepath.Join(cfg.DataDir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
 	px := proxy.New(proxy.Config{
+		TempDir:         tmp,
 		Logger:          log,
 		TrustedProxies:  cfg.TrustedProxies,
 		AccessLog:       accessLog,
@@ -229,8 +234,11 @@ func Run(ctx context.Context, cfg Config) error {
 	herdv1.RegisterControlServer(gs, svc)
 
 	hs := &http.Server{
-		Handler:           px,
+		Handler: px,
+		// Slowloris: the whole request head within 10 s, at most 64 KiB
+		// of it (431 beyond).
 		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       75 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
@@ -356,6 +364,8 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFile
 		out = append(out, proxy.Route{
 			Static:       static,
 			Cache:        spec.GetCache(),
+			NoBuffering:  spec.GetBufferingOff(),
+			MaxBody:      int64(spec.GetMaxBody()),
 			App:          rel.GetApp(),
 			Hosts:        spec.GetHosts(),
 			Prefix:       spec.GetPathPrefix(),

@@ -7,6 +7,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -42,6 +44,9 @@ type Config struct {
 	// ResponseHeaderTimeout bounds the wait for a worker's response
 	// headers (default 60 s).
 	ResponseHeaderTimeout time.Duration
+	// TempDir is where bodies too big for memory are held ("": the
+	// system's).
+	TempDir string
 	// CacheBytes bounds the response cache of the apps with Cache on
 	// (default 64 MiB).
 	CacheBytes int64
@@ -241,6 +246,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.SetCookie(lw, &http.Cookie{Name: rt.stickyName, Value: st.key, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode})
 		}
 	}
+	if !p.takeBody(cw, r, rt) {
+		return
+	}
 	rt.app.active.Add(1)
 	defer rt.app.active.Add(-1)
 	if rt.Cache && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
@@ -293,4 +301,59 @@ func (copyBuffers) Put(b []byte) {
 		b = b[:32<<10]
 		copyBufPool.Put(&b)
 	}
+}
+
+const (
+	defaultMaxBody = 16 << 20
+	// Bodies up to these sizes are held in memory; beyond, in a file.
+	requestMem  = 64 << 10
+	responseMem = 256 << 10
+	// maxResponseSpool bounds a buffered answer (nginx's
+	// proxy_max_temp_file_size is 1 GiB too).
+	maxResponseSpool = 1 << 30
+)
+
+// takeBody enforces the app's body limit (413) and, with buffering, reads
+// the whole request body before a worker is picked, so a slow upload
+// costs the front a goroutine, not a worker. The body can then be sent
+// again, so a POST is retried after a connect failure too. It reports
+// whether to go on; if not, the answer was written.
+func (p *Proxy) takeBody(w http.ResponseWriter, r *http.Request, rt *route) bool {
+	max := rt.MaxBody
+	if max <= 0 {
+		max = defaultMaxBody
+	}
+	if r.ContentLength > max {
+		tooLarge(w, max)
+		return false
+	}
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return true
+	}
+	if rt.NoBuffering || r.Header.Get("Upgrade") != "" {
+		r.Body = http.MaxBytesReader(w, r.Body, max)
+		return true
+	}
+	sp, err := newSpool(r.Body, requestMem, max, p.cfg.TempDir)
+	switch {
+	case errors.Is(err, errTooLarge):
+		tooLarge(w, max)
+		return false
+	case err != nil:
+		// The client went away or sent a broken body.
+		w.Header().Set("Connection", "close")
+		http.Error(w, "400 bad request body", http.StatusBadRequest)
+		return false
+	}
+	context.AfterFunc(r.Context(), func() { sp.Close() })
+	r.Body = sp.Reader()
+	r.GetBody = func() (io.ReadCloser, error) { return sp.Reader(), nil }
+	r.ContentLength = sp.size
+	r.TransferEncoding = nil
+	return true
+}
+
+func tooLarge(w http.ResponseWriter, max int64) {
+	w.Header().Set("Connection", "close")
+	http.Error(w, fmt.Sprintf("413 request body larger than %d bytes", max), http.StatusRequestEntityTooLarge)
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -433,13 +434,17 @@ func TestOnlyDeadEndpoint(t *testing.T) {
 	}
 }
 
+// Without buffering a POST's body streams to the worker, so it cannot be
+// sent again: a connect failure is a 502.
 func TestPostWithBodyNotRetried(t *testing.T) {
 	live := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "live got %s", b)
 	})
 	dead := deadAddr(t)
-	p, front := newFront(t, Config{}, shop(balance.RoundRobin, dead, live.addr))
+	rt := shop(balance.RoundRobin, dead, live.addr)
+	rt.NoBuffering = true
+	p, front := newFront(t, Config{}, rt)
 	dials := countDials(t, p, dead)
 	// Round-robin sends one of two requests to each endpoint first.
 	var failed, served int
@@ -458,6 +463,70 @@ func TestPostWithBodyNotRetried(t *testing.T) {
 	}
 	if got := live.hits.Load(); got != 1 {
 		t.Fatalf("POST with a body was replayed on another endpoint (live backend got %d requests, want 1)", got)
+	}
+}
+
+// With buffering (the default) the front holds the whole body, so a POST
+// whose first worker refused the connection is sent to another.
+func TestBufferedPostRetriedOnConnectFailure(t *testing.T) {
+	live := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "live got %s (%d)", b, r.ContentLength)
+	})
+	dead := deadAddr(t)
+	p, front := newFront(t, Config{}, shop(balance.RoundRobin, dead, live.addr))
+	dials := countDials(t, p, dead)
+	for range 2 {
+		if status, _, body := do(t, "POST", front, "shop.test", "/orders", "hello"); status != 200 || body != "live got hello (5)" {
+			t.Fatalf("POST: %d %q", status, body)
+		}
+	}
+	if dials.Load() != 1 || live.hits.Load() != 2 {
+		t.Fatalf("dead endpoint dialed %d times, live got %d requests; want 1 and 2", dials.Load(), live.hits.Load())
+	}
+}
+
+// A body above MaxBody is refused with 413 before any worker sees it,
+// whether its length is declared or not.
+func TestMaxBody(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
+	rt := shop("", b.addr)
+	rt.MaxBody = 1000
+	_, front := newFront(t, Config{}, rt)
+	if status, _, _ := do(t, "POST", front, "shop.test", "/", strings.Repeat("x", 1001)); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("declared 1001 bytes: %d, want 413", status)
+	}
+	req, _ := http.NewRequest("POST", front+"/", io.MultiReader(strings.NewReader(strings.Repeat("x", 600)), strings.NewReader(strings.Repeat("y", 600))))
+	req.Host = "shop.test"
+	req.ContentLength = -1 // chunked
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || b.hits.Load() != 0 {
+		t.Fatalf("chunked 1200 bytes: %d, backend hits %d; want 413 and 0", resp.StatusCode, b.hits.Load())
+	}
+	if status, _, _ := do(t, "POST", front, "shop.test", "/", strings.Repeat("x", 1000)); status != 200 {
+		t.Fatalf("1000 bytes: %d, want 200", status)
+	}
+}
+
+// A big body goes to a temporary file and still arrives whole.
+func TestBigBodySpooled(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		w.Write([]byte(strings.Repeat("z", int(n))))
+	})
+	dir := t.TempDir()
+	_, front := newFront(t, Config{TempDir: dir}, shop("", b.addr))
+	size := requestMem*3 + 17
+	status, _, body := do(t, "POST", front, "shop.test", "/", strings.Repeat("a", size))
+	if status != 200 || len(body) != size {
+		t.Fatalf("spooled request and answer: %d, %d bytes back, want %d", status, len(body), size)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("temporary files left: %v", ents)
 	}
 }
 
@@ -501,7 +570,9 @@ func TestBackendClosesMidBody(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err == nil {
+	// Buffered (the default), the front sees the truncation before it
+	// answers: 502, never a short 200.
+	if err == nil && resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("truncated upstream body reached the client as complete: %d %q", resp.StatusCode, body)
 	}
 }
@@ -641,9 +712,12 @@ func TestSetRoutesWhileInFlight(t *testing.T) {
 	}
 }
 
+// A stream marked X-Accel-Buffering: no (or an event stream) passes
+// through as the worker writes it, buffering or not.
 func TestStreaming(t *testing.T) {
 	firstRead := make(chan struct{})
 	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Accel-Buffering", "no")
 		io.WriteString(w, "first\n")
 		http.NewResponseController(w).Flush()
 		select {

@@ -37,6 +37,11 @@ type Route struct {
 	Static []StaticMount
 	// Cache turns on the response cache for the app.
 	Cache bool
+	// NoBuffering passes bodies through as they come instead of holding
+	// them whole.
+	NoBuffering bool
+	// MaxBody is the largest request body accepted (0: 16 MiB).
+	MaxBody int64
 }
 
 // StaticMount serves a URL prefix from release directories, the first

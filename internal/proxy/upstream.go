@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,7 +54,16 @@ func (u upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		st.tries++
 		start := time.Now()
 		resp, err := ep.Transport.RoundTrip(req)
-		if err == nil {
+		if err == nil && !rt.NoBuffering && !streaming(req, resp) {
+			// Read the answer as fast as the worker writes it and free the
+			// worker; the client then gets it at its own pace.
+			resp, err = u.p.spoolResponse(resp)
+			if err == nil {
+				st.ep = ep
+				rt.set.Release(ep, time.Since(start), outcomeOf(resp.StatusCode))
+				return resp, nil
+			}
+		} else if err == nil {
 			st.ep = ep
 			resp.Body = &releaseBody{ReadCloser: resp.Body, set: rt.set, ep: ep, start: start, outcome: outcomeOf(resp.StatusCode)}
 			return resp, nil
@@ -170,4 +181,35 @@ func (b *retryBudget) allow() bool {
 	}
 	limit := max(minRetriesPerSecond, b.active.Load()/5)
 	return b.retrying.Add(1) <= limit
+}
+
+// streaming answers are passed through as they come: upgrades, event
+// streams, and whatever the app marks with X-Accel-Buffering: no.
+func streaming(req *http.Request, resp *http.Response) bool {
+	if resp.StatusCode == http.StatusSwitchingProtocols || req.Header.Get("Upgrade") != "" {
+		return true
+	}
+	if strings.EqualFold(resp.Header.Get("X-Accel-Buffering"), "no") {
+		return true
+	}
+	ct, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+}
+
+// spoolResponse reads a worker's whole answer.
+func (p *Proxy) spoolResponse(resp *http.Response) (*http.Response, error) {
+	sp, err := newSpool(resp.Body, responseMem, maxResponseSpool, p.cfg.TempDir)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = &spoolBody{Reader: sp.Reader(), s: sp}
+	if resp.ContentLength < 0 {
+		// A chunked answer now has a length.
+		resp.ContentLength = sp.size
+		resp.TransferEncoding = nil
+		resp.Header.Del("Transfer-Encoding")
+		resp.Header.Set("Content-Length", strconv.FormatInt(sp.size, 10))
+	}
+	return resp, nil
 }

@@ -170,7 +170,13 @@ type AppSpec struct {
 	// of passing to the app.
 	Static []*StaticDir `protobuf:"bytes,15,rep,name=static,proto3" json:"static,omitempty"`
 	// Whether fronts cache the app's cacheable responses.
-	Cache         bool `protobuf:"varint,16,opt,name=cache,proto3" json:"cache,omitempty"`
+	Cache bool `protobuf:"varint,16,opt,name=cache,proto3" json:"cache,omitempty"`
+	// Fronts pass request and response bodies through as they come instead
+	// of holding them whole (buffering keeps slow clients away from workers;
+	// event streams and upgrades are never buffered).
+	BufferingOff bool `protobuf:"varint,17,opt,name=buffering_off,json=bufferingOff,proto3" json:"buffering_off,omitempty"`
+	// Largest request body the fronts accept (bytes, 0: 16 MiB); above it, 413.
+	MaxBody       uint64 `protobuf:"varint,18,opt,name=max_body,json=maxBody,proto3" json:"max_body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -315,6 +321,20 @@ func (x *AppSpec) GetCache() bool {
 		return x.Cache
 	}
 	return false
+}
+
+func (x *AppSpec) GetBufferingOff() bool {
+	if x != nil {
+		return x.BufferingOff
+	}
+	return false
+}
+
+func (x *AppSpec) GetMaxBody() uint64 {
+	if x != nil {
+		return x.MaxBody
+	}
+	return 0
 }
 
 // StaticDir maps a URL prefix to a directory inside the release.
@@ -925,7 +945,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x05\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x05\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -946,7 +966,9 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"max_memory\x18\r \x01(\x04R\tmaxMemory\x12<\n" +
 	"\fstop_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vstopTimeout\x12*\n" +
 	"\x06static\x18\x0f \x03(\v2\x12.herd.v1.StaticDirR\x06static\x12\x14\n" +
-	"\x05cache\x18\x10 \x01(\bR\x05cache\x1a6\n" +
+	"\x05cache\x18\x10 \x01(\bR\x05cache\x12#\n" +
+	"\rbuffering_off\x18\x11 \x01(\bR\fbufferingOff\x12\x19\n" +
+	"\bmax_body\x18\x12 \x01(\x04R\amaxBody\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
