@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/herd-run/herd/internal/cli"
@@ -25,6 +27,11 @@ func main() {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the front's state and artifacts (required)")
 	fs.StringVar(&cfg.Name, "name", "", "member name, unique in the cluster (default: HOSTNAME-front)")
 	fs.StringVar(&cfg.HTTP, "http", ":8080", "client HTTP listener `ADDR`")
+	fs.StringVar(&cfg.HTTPS, "https", "", "client HTTPS listener `ADDR` (TLS 1.2+, HTTP/2); needs --tls-cert/--tls-key or --tls-dir")
+	var certs, keys cli.Strings
+	fs.Var(&certs, "tls-cert", "certificate `FILE` (PEM, with its chain) for --https; repeatable, paired in order with --tls-key, chosen by SNI")
+	fs.Var(&keys, "tls-key", "private key `FILE` for the --tls-cert at the same position")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "`DIR` of NAME.crt + NAME.key pairs for --https (SIGHUP re-reads it)")
 	fs.StringVar(&cfg.GRPC, "grpc", ":7700", "Control API (herdctl, nodes) listener `ADDR`")
 	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:7701", "admin listener `ADDR` for /healthz; empty disables it")
 	fs.StringVar(&cfg.Gossip, "gossip", ":7946", "gossip (memberlist) bind `ADDR`, UDP and TCP")
@@ -47,6 +54,12 @@ func main() {
 		cli.Fail("herd-front", fmt.Errorf("unexpected argument %q", fs.Arg(0)), 2)
 	}
 	cfg.Join = join
+	if len(certs) != len(keys) {
+		cli.Fail("herd-front", fmt.Errorf("--tls-cert and --tls-key come in pairs: got %d and %d", len(certs), len(keys)), 2)
+	}
+	for i := range certs {
+		cfg.TLSCerts = append(cfg.TLSCerts, front.CertPair{Cert: certs[i], Key: keys[i]})
+	}
 	for _, t := range trusted {
 		pfx, err := netip.ParsePrefix(t)
 		if err != nil {
@@ -66,6 +79,19 @@ func main() {
 	cfg.Logger = log
 	ctx, stop := cli.SignalContext()
 	defer stop()
+	// SIGHUP re-reads the TLS certificates; connections stay up.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	cfg.Reload = reload
 	if err := front.Run(ctx, cfg); err != nil {
 		cli.Fail("herd-front", err, 1)
 	}

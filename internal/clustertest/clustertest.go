@@ -424,3 +424,6 @@ func ProcsUnder(dir string) []int {
 	}
 	return pids
 }
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }

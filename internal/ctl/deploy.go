@@ -37,6 +37,8 @@ type deployOptions struct {
 	cache        string
 	buffering    string
 	maxBody      string
+	httpsRedir   bool
+	hsts         bool
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -75,6 +77,8 @@ fails keeps its previous release serving.`,
 	f.StringArrayVar(&o.static, "static", nil, "`/url/=dir/`: fronts serve the URL prefix from that directory of the release, not the app (repeatable)")
 	f.StringVar(&o.buffering, "buffering", "on", "on: fronts hold whole request and response bodies so slow clients never hold a worker; off: pass them through")
 	f.StringVar(&o.maxBody, "max-body", "16M", "largest request body fronts accept, `SIZE` (413 beyond)")
+	f.BoolVar(&o.httpsRedir, "https-redirect", false, "fronts answer plain-HTTP requests with a redirect to HTTPS")
+	f.BoolVar(&o.hsts, "hsts", false, "fronts send Strict-Transport-Security (one year) over HTTPS")
 	f.StringVar(&o.cache, "cache", "off", "on: fronts cache the app's cacheable responses (Cache-Control, Expires)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 0, "how long a worker may take to stop after SIGTERM before it is killed (0: the node's default, 30s)")
 	return cmd
@@ -119,24 +123,26 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		hosts[i] = strings.ToLower(h)
 	}
 	return &herdv1.AppSpec{
-		Name:         o.app,
-		Command:      o.cmd,
-		Workers:      o.workers,
-		Concurrency:  o.concurrency,
-		Hosts:        hosts,
-		PathPrefix:   o.path,
-		HealthPath:   o.health,
-		Env:          env,
-		Balance:      o.balance,
-		MaxQueue:     o.maxQueue,
-		QueueTimeout: durationpb.New(o.queueTimeout),
-		MaxLifetime:  durationpb.New(o.maxLifetime),
-		MaxMemory:    maxMemory,
-		StopTimeout:  durationpb.New(o.stopTimeout),
-		Static:       static,
-		Cache:        o.cache == "on",
-		BufferingOff: o.buffering == "off",
-		MaxBody:      maxBody,
+		Name:          o.app,
+		Command:       o.cmd,
+		Workers:       o.workers,
+		Concurrency:   o.concurrency,
+		Hosts:         hosts,
+		PathPrefix:    o.path,
+		HealthPath:    o.health,
+		Env:           env,
+		Balance:       o.balance,
+		MaxQueue:      o.maxQueue,
+		QueueTimeout:  durationpb.New(o.queueTimeout),
+		MaxLifetime:   durationpb.New(o.maxLifetime),
+		MaxMemory:     maxMemory,
+		StopTimeout:   durationpb.New(o.stopTimeout),
+		Static:        static,
+		Cache:         o.cache == "on",
+		BufferingOff:  o.buffering == "off",
+		MaxBody:       maxBody,
+		HttpsRedirect: o.httpsRedir,
+		Hsts:          o.hsts,
 	}, nil
 }
 

@@ -36,9 +36,17 @@ import (
 
 // Config is a front's configuration; cmd/front fills it from flags.
 type Config struct {
-	DataDir   string
-	Name      string
-	HTTP      string // client listener host:port
+	DataDir string
+	Name    string
+	HTTP    string // client listener host:port
+	// HTTPS, if set, is the TLS listener host:port; certificates come from
+	// TLSCerts and TLSDir, chosen by SNI, reloaded on Reload.
+	HTTPS    string
+	TLSCerts []CertPair
+	TLSDir   string
+	// Reload, if set, delivers reload requests (SIGHUP): certificates are
+	// read again without dropping connections.
+	Reload    <-chan struct{}
 	GRPC      string // Control API host:port
 	Admin     string // /healthz host:port; empty: none
 	Gossip    string
@@ -75,6 +83,16 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Admin); err != nil {
 			return fmt.Errorf("--admin %q: want HOST:PORT", c.Admin)
 		}
+	}
+	if c.HTTPS != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPS); err != nil {
+			return fmt.Errorf("--https %q: want HOST:PORT", c.HTTPS)
+		}
+		if len(c.TLSCerts) == 0 && c.TLSDir == "" {
+			return errors.New("--https needs --tls-cert and --tls-key, or --tls-dir")
+		}
+	} else if len(c.TLSCerts) > 0 || c.TLSDir != "" {
+		return errors.New("--tls-cert/--tls-dir need --https")
 	}
 	if c.AccessLogFormat != "" && c.AccessLogFormat != "combined" && c.AccessLogFormat != "json" {
 		return fmt.Errorf("--access-log-format %q: want combined or json", c.AccessLogFormat)
@@ -137,6 +155,17 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("--grpc: %w", err)
 	}
 	defer grpcLis.Close()
+	var httpsLis net.Listener
+	var certs *certStore
+	if cfg.HTTPS != "" {
+		if certs, err = newCertStore(cfg.TLSCerts, cfg.TLSDir); err != nil {
+			return err
+		}
+		if httpsLis, err = lc.Listen(ctx, "tcp", cfg.HTTPS); err != nil {
+			return fmt.Errorf("--https: %w", err)
+		}
+		defer httpsLis.Close()
+	}
 	var adminLis net.Listener
 	if cfg.Admin != "" {
 		if adminLis, err = lc.Listen(ctx, "tcp", cfg.Admin); err != nil {
@@ -164,7 +193,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
+	httpsPort := 0
+	if httpsLis != nil {
+		httpsPort = httpsLis.Addr().(*net.TCPAddr).Port
+	}
 	px := proxy.New(proxy.Config{
+		HTTPSPort:       httpsPort,
 		TempDir:         tmp,
 		Logger:          log,
 		TrustedProxies:  cfg.TrustedProxies,
@@ -242,10 +276,34 @@ func Run(ctx context.Context, cfg Config) error {
 		IdleTimeout:       75 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- serveErr("grpc", gs.Serve(grpcLis)) }()
 	go func() { errc <- serveErr("http", hs.Serve(httpLis)) }()
 	addrs := map[string]string{"http": httpLis.Addr().String(), "grpc": grpcAddr, "gossip": cl.GossipAddr()}
+	var hss *http.Server
+	if httpsLis != nil {
+		hss = &http.Server{
+			Handler:           px,
+			TLSConfig:         certs.tlsConfig(),
+			ReadHeaderTimeout: hs.ReadHeaderTimeout,
+			MaxHeaderBytes:    hs.MaxHeaderBytes,
+			IdleTimeout:       hs.IdleTimeout,
+			ErrorLog:          hs.ErrorLog,
+		}
+		go func() { errc <- serveErr("https", hss.ServeTLS(httpsLis, "", "")) }()
+		addrs["https"] = httpsLis.Addr().String()
+		if cfg.Reload != nil {
+			go func() {
+				for range cfg.Reload {
+					if err := certs.reload(); err != nil {
+						log.Error("reload certificates: keeping the old ones", "err", err)
+					} else {
+						log.Info("certificates reloaded")
+					}
+				}
+			}()
+		}
+	}
 	var admin *http.Server
 	if adminLis != nil {
 		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 5 * time.Second}
@@ -286,6 +344,11 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 	if err := hs.Shutdown(shutCtx); err != nil {
 		log.Warn("http shutdown", "err", err)
+	}
+	if hss != nil {
+		if err := hss.Shutdown(shutCtx); err != nil {
+			log.Warn("https shutdown", "err", err)
+		}
 	}
 	if admin != nil {
 		admin.Close()
@@ -362,18 +425,20 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFile
 			static = files.mounts(spec, digests)
 		}
 		out = append(out, proxy.Route{
-			Static:       static,
-			Cache:        spec.GetCache(),
-			NoBuffering:  spec.GetBufferingOff(),
-			MaxBody:      int64(spec.GetMaxBody()),
-			App:          rel.GetApp(),
-			Hosts:        spec.GetHosts(),
-			Prefix:       spec.GetPathPrefix(),
-			Endpoints:    eps[rel.GetApp()],
-			Balance:      spec.GetBalance(),
-			Concurrency:  int(spec.GetConcurrency()),
-			MaxQueue:     int(spec.GetMaxQueue()),
-			QueueTimeout: spec.GetQueueTimeout().AsDuration(),
+			Static:        static,
+			Cache:         spec.GetCache(),
+			NoBuffering:   spec.GetBufferingOff(),
+			MaxBody:       int64(spec.GetMaxBody()),
+			HTTPSRedirect: spec.GetHttpsRedirect(),
+			HSTS:          spec.GetHsts(),
+			App:           rel.GetApp(),
+			Hosts:         spec.GetHosts(),
+			Prefix:        spec.GetPathPrefix(),
+			Endpoints:     eps[rel.GetApp()],
+			Balance:       spec.GetBalance(),
+			Concurrency:   int(spec.GetConcurrency()),
+			MaxQueue:      int(spec.GetMaxQueue()),
+			QueueTimeout:  spec.GetQueueTimeout().AsDuration(),
 		})
 	}
 	return out

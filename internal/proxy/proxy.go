@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,9 @@ type Config struct {
 	// TempDir is where bodies too big for memory are held ("": the
 	// system's).
 	TempDir string
+	// HTTPSPort is the front's HTTPS port, for redirects (0: no HTTPS;
+	// 443 is left out of the URL).
+	HTTPSPort int
 	// CacheBytes bounds the response cache of the apps with Cache on
 	// (default 64 MiB).
 	CacheBytes int64
@@ -225,6 +229,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(lw, "404 not found", http.StatusNotFound)
 		return
 	}
+	if r.TLS == nil && rt.HTTPSRedirect && p.cfg.HTTPSPort != 0 {
+		p.redirectHTTPS(lw, r)
+		return
+	}
+	if r.TLS != nil && rt.HSTS {
+		lw.Header().Set("Strict-Transport-Security", "max-age=31536000")
+	}
 	// Compressed on the way out when the client takes it and it pays (see
 	// package compress); precompressed static files are sent as they are.
 	cw, closeCompress := compress.NewWriter(lw, r, nil)
@@ -356,4 +367,17 @@ func (p *Proxy) takeBody(w http.ResponseWriter, r *http.Request, rt *route) bool
 func tooLarge(w http.ResponseWriter, max int64) {
 	w.Header().Set("Connection", "close")
 	http.Error(w, fmt.Sprintf("413 request body larger than %d bytes", max), http.StatusRequestEntityTooLarge)
+}
+
+// redirectHTTPS answers 308 (the method and body are kept) to the same URL
+// over HTTPS.
+func (p *Proxy) redirectHTTPS(w http.ResponseWriter, r *http.Request) {
+	host := stripPort(r.Host)
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if p.cfg.HTTPSPort != 443 {
+		host += ":" + strconv.Itoa(p.cfg.HTTPSPort)
+	}
+	http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
 }

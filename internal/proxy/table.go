@@ -42,6 +42,10 @@ type Route struct {
 	NoBuffering bool
 	// MaxBody is the largest request body accepted (0: 16 MiB).
 	MaxBody int64
+	// HTTPSRedirect sends plain-HTTP requests to HTTPS (308); HSTS adds
+	// Strict-Transport-Security to HTTPS answers.
+	HTTPSRedirect bool
+	HSTS          bool
 }
 
 // StaticMount serves a URL prefix from release directories, the first

@@ -176,7 +176,11 @@ type AppSpec struct {
 	// event streams and upgrades are never buffered).
 	BufferingOff bool `protobuf:"varint,17,opt,name=buffering_off,json=bufferingOff,proto3" json:"buffering_off,omitempty"`
 	// Largest request body the fronts accept (bytes, 0: 16 MiB); above it, 413.
-	MaxBody       uint64 `protobuf:"varint,18,opt,name=max_body,json=maxBody,proto3" json:"max_body,omitempty"`
+	MaxBody uint64 `protobuf:"varint,18,opt,name=max_body,json=maxBody,proto3" json:"max_body,omitempty"`
+	// Plain-HTTP requests get a permanent redirect to HTTPS.
+	HttpsRedirect bool `protobuf:"varint,19,opt,name=https_redirect,json=httpsRedirect,proto3" json:"https_redirect,omitempty"`
+	// HTTPS answers carry Strict-Transport-Security (one year).
+	Hsts          bool `protobuf:"varint,20,opt,name=hsts,proto3" json:"hsts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -335,6 +339,20 @@ func (x *AppSpec) GetMaxBody() uint64 {
 		return x.MaxBody
 	}
 	return 0
+}
+
+func (x *AppSpec) GetHttpsRedirect() bool {
+	if x != nil {
+		return x.HttpsRedirect
+	}
+	return false
+}
+
+func (x *AppSpec) GetHsts() bool {
+	if x != nil {
+		return x.Hsts
+	}
+	return false
 }
 
 // StaticDir maps a URL prefix to a directory inside the release.
@@ -945,7 +963,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x05\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x05\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -968,7 +986,9 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\x06static\x18\x0f \x03(\v2\x12.herd.v1.StaticDirR\x06static\x12\x14\n" +
 	"\x05cache\x18\x10 \x01(\bR\x05cache\x12#\n" +
 	"\rbuffering_off\x18\x11 \x01(\bR\fbufferingOff\x12\x19\n" +
-	"\bmax_body\x18\x12 \x01(\x04R\amaxBody\x1a6\n" +
+	"\bmax_body\x18\x12 \x01(\x04R\amaxBody\x12%\n" +
+	"\x0ehttps_redirect\x18\x13 \x01(\bR\rhttpsRedirect\x12\x12\n" +
+	"\x04hsts\x18\x14 \x01(\bR\x04hsts\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
