@@ -7,6 +7,21 @@
 #   direct  straight to the worker (the ceiling: no proxy at all),
 #   nginx   through NGINX (1 worker process, upstream keep-alive),
 #   herd    through herd-front (routing by Host: bench.local).
+# And static files, served by the proxy itself (no backend involved):
+# GET /static/s100.txt (100 bytes) and /static/s1m.bin (1 MiB of random
+# bytes, so nothing compresses) from the release's static/ directory,
+#   nginx   `location /static/ { alias ...; sendfile on; tcp_nopush on;
+#           open_file_cache ...; }` on the directory the release is packed
+#           from,
+#   herd    herdctl deploy --static /static/=static/: herd-front serves its
+#           own unpacked copy of the release (under its data dir, on the
+#           same disk).
+# wrk sends no Accept-Encoding, so neither compresses anything. The 1 MiB
+# file is fetched over BIG_CONNS connections, not CONNS. Over loopback, a
+# 1 MiB response's TCP transmit work runs on whichever core pushes the
+# packets: nginx's tcp_nopush (TCP_CORK) keeps most of it on core 0 (its
+# cpu_us/req goes up, and core 1, wrk's, is spared), herd-front's mostly
+# lands on core 1. So for static1MiB read req/s and cpu_us/req together.
 # The proxies run on core 0; wrk, herd-node and the worker share core 1. So
 # for a proxy run, core 0 is the proxy's alone and its CPU time is measured
 # from /proc (utime+stime of all its processes, before and after the run).
@@ -35,6 +50,9 @@
 # Knobs (environment):
 #   DURATION  length of each measured run, wrk's -d   (default 10s)
 #   CONNS     connections kept open by wrk, wrk's -c  (default 32)
+#   BIG_CONNS wrk's -c for the 1 MiB static file      (default 4): with
+#             more, the run measures loopback bandwidth and socket buffers
+#             (and wrk reading 1 MiB per request on core 1), not the proxy
 #   OUT       where the table is written              (default /tmp/herd-bench.txt)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +60,7 @@ cd "$root"
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
+BIG_CONNS=${BIG_CONNS:-4}
 OUT=${OUT:-/tmp/herd-bench.txt}
 WARMUP=2s
 HOSTNAME_=bench.local
@@ -56,6 +75,7 @@ log() { echo "bench: $*" >&2; }
 # ---------------------------------------------------------------- tools
 
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS=$CONNS: want a number of connections"
+[[ $BIG_CONNS =~ ^[1-9][0-9]*$ ]] || die "BIG_CONNS=$BIG_CONNS: want a number of connections"
 [[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION=$DURATION: want e.g. 10s, 1m"
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 cores (proxy on core 0, load and backend on core 1)"
 command -v go >/dev/null || die "go is not installed"
@@ -211,12 +231,12 @@ to_ms() { # to_ms 152.00us|1.20ms|1.01s -> milliseconds, 3 decimals
 		printf "%.3f", n }'
 }
 
-# wrk_run OUTFILE URL [wrk flags]: wrk on core 1; run in the background and
-# waited for, so that Ctrl-C reaches the traps at once.
+# wrk_run OUTFILE CONNS URL [wrk flags]: wrk on core 1; run in the
+# background and waited for, so that Ctrl-C reaches the traps at once.
 wrk_run() {
-	local out=$1 url=$2
-	shift 2
-	taskset -c 1 wrk -t1 -c"$CONNS" -H "Host: $HOSTNAME_" "$@" "$url" >"$out" 2>&1 &
+	local out=$1 conns=$2 url=$3
+	shift 3
+	taskset -c 1 wrk -t1 -c"$conns" -H "Host: $HOSTNAME_" "$@" "$url" >"$out" 2>&1 &
 	wrk_pid=$!
 	wait "$wrk_pid" || die "wrk against $url failed: $(cat "$out")"
 	wrk_pid=""
@@ -225,13 +245,26 @@ wrk_run() {
 # ---------------------------------------------------------------- build
 
 bin=$work/bin
-mkdir -p "$bin" "$work/app"
+mkdir -p "$bin" "$work/app/static"
 log "building herd and benchapp"
 go build -o "$bin/herd-front" ./cmd/front
 go build -o "$bin/herd-node" ./cmd/node
 go build -o "$bin/herdctl" ./cmd/ctl
 CGO_ENABLED=0 go build -o "$work/app/benchapp" ./examples/benchapp
 herdctl=$bin/herdctl
+
+# The static files, in the release (herd serves its own unpacked copy of
+# it; nginx serves this directory).
+STATIC_FILES=(s100.txt s1m.bin)
+declare -A static_size=([s100.txt]=100 [s1m.bin]=1048576)
+declare -A static_label=([s100.txt]=static100B [s1m.bin]=static1MiB)
+declare -A static_conns=([s100.txt]=$CONNS [s1m.bin]=$BIG_CONNS)
+printf '%099d\n' 0 >"$work/app/static/s100.txt"
+head -c 1048576 /dev/urandom >"$work/app/static/s1m.bin"
+chmod 644 "$work/app/static/"*
+for f in "${STATIC_FILES[@]}"; do
+	[ "$(stat -c %s "$work/app/static/$f")" = "${static_size[$f]}" ] || die "cannot write $work/app/static/$f"
+done
 
 # ---------------------------------------------------------------- herd
 
@@ -265,7 +298,8 @@ log "deploying benchapp on 127.0.0.1:$P"
 concurrency=0
 deploy() {
 	"$herdctl" deploy bench "$work/app" --cmd 'exec ./benchapp' --workers 1 \
-		--concurrency "$concurrency" --host "$HOSTNAME_" --health /healthz >>"$work/deploy.log" 2>&1
+		--concurrency "$concurrency" --host "$HOSTNAME_" --health /healthz \
+		--static /static/=static/ >>"$work/deploy.log" 2>&1
 }
 if ! deploy; then
 	concurrency=1000
@@ -293,6 +327,12 @@ done
 N=$(free_port)
 ngx=$work/nginx
 mkdir -p "$ngx/tmp"
+# Content types as a packaged nginx has them (herd-front has its own table).
+mime_types="    default_type application/octet-stream;"
+if [ -f /etc/nginx/mime.types ]; then
+	mime_types="    include /etc/nginx/mime.types;
+$mime_types"
+fi
 cat >"$ngx/nginx.conf" <<CONF
 # Written by scripts/bench.sh; the fair peer of herd-front.
 user $(id -un) $(id -gn);
@@ -306,6 +346,7 @@ events {
 }
 
 http {
+$mime_types
     access_log off;
     keepalive_requests 100000;
     keepalive_timeout 65s;
@@ -325,6 +366,13 @@ http {
 
     server {
         listen 127.0.0.1:$N;
+        # a typical static location (herd-front: herdctl deploy --static)
+        location /static/ {
+            alias $work/app/static/;
+            sendfile on;
+            tcp_nopush on;
+            open_file_cache max=1000 inactive=20s;
+        }
         location / {
             proxy_pass http://bench;
             proxy_http_version 1.1;
@@ -362,6 +410,13 @@ for size in "${SIZES[@]}"; do
 		[ "$got" = "200 $size" ] || die "GET $url/bytes/$size: got '$got', want '200 $size'"
 	done
 done
+for f in "${STATIC_FILES[@]}"; do
+	for url in "$nginx_url" "$herd"; do
+		got=$(probe "$url/static/$f")
+		[ "$got" = "200 ${static_size[$f]}" ] ||
+			die "GET $url/static/$f: got '$got', want '200 ${static_size[$f]}'"
+	done
+done
 affinity() { taskset -cp "$1" | sed 's/.*: //'; }
 log "cores: herd-front $(affinity "$front_pid"), nginx master $(affinity "$nginx_pid")" \
 	"worker $(affinity "$nginx_worker"), benchapp $(affinity "$app_pid"), wrk 1"
@@ -390,16 +445,17 @@ fi
 hz=$(getconf CLK_TCK)
 declare -A rps p50 p99 cpu pct rss
 
-# measure KEY URL [PID...]: one measured wrk run; with PIDs, their CPU time
-# during the run and their RSS after it.
+# measure KEY CONNS URL [PID...]: one measured wrk run with CONNS
+# connections; with PIDs, their CPU time during the run and their RSS
+# after it.
 measure() {
-	local key=$1 url=$2 before after reqs secs out
-	shift 2
-	log "$key: $url ($DURATION, $CONNS connections)"
+	local key=$1 conns=$2 url=$3 before after reqs secs out
+	shift 3
+	log "$key: $url ($DURATION, $conns connections)"
 	out=$work/$key.wrk
-	wrk_run "$work/$key.warm" "$url" -d"$WARMUP"
+	wrk_run "$work/$key.warm" "$conns" "$url" -d"$WARMUP"
 	[ $# -gt 0 ] && before=$(cpu_ticks "$@")
-	wrk_run "$out" "$url" -d"$DURATION" --latency
+	wrk_run "$out" "$conns" "$url" -d"$DURATION" --latency
 	[ $# -gt 0 ] && after=$(cpu_ticks "$@")
 	if grep -Eq 'Non-2xx|Socket errors' "$out"; then
 		cat "$out" >&2
@@ -428,39 +484,67 @@ measure() {
 }
 
 for size in "${SIZES[@]}"; do
-	measure "$size-direct" "$direct/bytes/$size"
-	measure "$size-nginx" "$nginx_url/bytes/$size" "${nginx_pids[@]}"
-	measure "$size-herd" "$herd/bytes/$size" "$front_pid"
+	measure "$size-direct" "$CONNS" "$direct/bytes/$size"
+	measure "$size-nginx" "$CONNS" "$nginx_url/bytes/$size" "${nginx_pids[@]}"
+	measure "$size-herd" "$CONNS" "$herd/bytes/$size" "$front_pid"
+done
+# Static files: the proxies alone (no backend, so no direct row).
+for f in "${STATIC_FILES[@]}"; do
+	l=${static_label[$f]}
+	measure "$l-nginx" "${static_conns[$f]}" "$nginx_url/static/$f" "${nginx_pids[@]}"
+	measure "$l-herd" "${static_conns[$f]}" "$herd/static/$f" "$front_pid"
 done
 
 # ---------------------------------------------------------------- table
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 label() { case $1 in 100) echo 100B ;; 16384) echo 16KiB ;; *) echo "${1}B" ;; esac; }
+row() { # row LABEL TARGET KEY NGINXKEY
+	local cr rr
+	case $2 in
+	direct) cr=- rr=- ;;
+	nginx) cr=1.00 rr=1.00 ;;
+	herd)
+		cr=$(ratio "${cpu[$3]}" "${cpu[$4]}")
+		rr=$(ratio "${rps[$3]}" "${rps[$4]}")
+		;;
+	esac
+	printf '%-10s %-7s %10s %9s %9s %11s %8s %8s %19s %19s\n' "$1" "$2" \
+		"${rps[$3]}" "${p50[$3]}" "${p99[$3]}" "${cpu[$3]}" "${pct[$3]}" "${rss[$3]}" "$cr" "$rr"
+}
+# target LABEL MIN: herd against the issue's target for a static row.
+target() {
+	local l=$1 min=$2 rr pc
+	rr=$(ratio "${rps[$l-herd]}" "${rps[$l-nginx]}")
+	pc=$(ratio "${cpu[$l-nginx]}" "${cpu[$l-herd]}")
+	printf '  %-10s >= %.2fx   req/s %-6s %-6s   req/s per core %-6s %s\n' "$l" "$min" \
+		"$rr" "$(awk -v r="${rr%x}" -v m="$min" 'BEGIN { print (r + 0 >= m ? "met" : "MISSED") }')" \
+		"$pc" "$(awk -v r="${pc%x}" -v m="$min" 'BEGIN { print (r + 0 >= m ? "met" : "MISSED") }')"
+}
 
 {
 	echo "herd bench $(date -u +%Y-%m-%dT%H:%M:%SZ), herd $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')," \
 		"$("$nginx" -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}'), $(go env GOVERSION)"
-	echo "wrk -t1 -c$CONNS -d$DURATION on core 1 with herd-node and the worker; proxies on core 0;" \
-		"herd app concurrency $concurrency; machine ${busy}% busy with other work before the runs"
+	echo "wrk -t1 -c$CONNS -d$DURATION (static1MiB: -c$BIG_CONNS) on core 1 with herd-node and the worker;" \
+		"proxies on core 0; herd app concurrency $concurrency; machine ${busy}% busy with other work before the runs"
 	echo
-	printf '%-6s %-7s %10s %9s %9s %11s %8s %8s %19s %19s\n' size target req/s p50_ms p99_ms \
+	printf '%-10s %-7s %10s %9s %9s %11s %8s %8s %19s %19s\n' size target req/s p50_ms p99_ms \
 		cpu_us/req cpu_pct rss_kib cpu_ratio_vs_nginx rps_ratio_vs_nginx
 	for size in "${SIZES[@]}"; do
 		for t in direct nginx herd; do
-			k=$size-$t
-			case $t in
-			direct) cr=- rr=- ;;
-			nginx) cr=1.00 rr=1.00 ;;
-			herd)
-				cr=$(ratio "${cpu[$k]}" "${cpu[$size-nginx]}")
-				rr=$(ratio "${rps[$k]}" "${rps[$size-nginx]}")
-				;;
-			esac
-			printf '%-6s %-7s %10s %9s %9s %11s %8s %8s %19s %19s\n' "$(label "$size")" "$t" \
-				"${rps[$k]}" "${p50[$k]}" "${p99[$k]}" "${cpu[$k]}" "${pct[$k]}" "${rss[$k]}" "$cr" "$rr"
+			row "$(label "$size")" "$t" "$size-$t" "$size-nginx"
 		done
 	done
+	for f in "${STATIC_FILES[@]}"; do
+		l=${static_label[$f]}
+		for t in nginx herd; do
+			row "$l" "$t" "$l-$t" "$l-nginx"
+		done
+	done
+	echo
+	echo "static-file targets, herd over nginx (req/s per core: nginx's cpu_us/req over herd's):"
+	target static100B 1.0
+	target static1MiB 0.9
 } >"$work/table.txt"
 echo
 cat "$work/table.txt"
