@@ -39,6 +39,8 @@ type deployOptions struct {
 	maxBody      string
 	httpsRedir   bool
 	hsts         bool
+	rateLimit    float64
+	rateBurst    uint32
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -78,6 +80,8 @@ fails keeps its previous release serving.`,
 	f.StringVar(&o.buffering, "buffering", "on", "on: fronts hold whole request and response bodies so slow clients never hold a worker; off: pass them through")
 	f.StringVar(&o.maxBody, "max-body", "16M", "largest request body fronts accept, `SIZE` (413 beyond)")
 	f.BoolVar(&o.httpsRedir, "https-redirect", false, "fronts answer plain-HTTP requests with a redirect to HTTPS")
+	f.Float64Var(&o.rateLimit, "rate-limit", 0, "requests per second each client address may make (0: no limit); beyond, 429")
+	f.Uint32Var(&o.rateBurst, "rate-burst", 10, "requests a client may make at once above --rate-limit")
 	f.BoolVar(&o.hsts, "hsts", false, "fronts send Strict-Transport-Security (one year) over HTTPS")
 	f.StringVar(&o.cache, "cache", "off", "on: fronts cache the app's cacheable responses (Cache-Control, Expires)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 0, "how long a worker may take to stop after SIGTERM before it is killed (0: the node's default, 30s)")
@@ -114,6 +118,9 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 	if o.buffering != "on" && o.buffering != "off" {
 		return nil, usageError{fmt.Errorf("--buffering %q: want on or off", o.buffering)}
 	}
+	if o.rateLimit < 0 {
+		return nil, usageError{fmt.Errorf("--rate-limit %v must not be negative", o.rateLimit)}
+	}
 	maxBody, err := parseSize(o.maxBody)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--max-body %q: %w", o.maxBody, err)}
@@ -143,6 +150,8 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		MaxBody:       maxBody,
 		HttpsRedirect: o.httpsRedir,
 		Hsts:          o.hsts,
+		RateLimit:     o.rateLimit,
+		RateBurst:     o.rateBurst,
 	}, nil
 }
 

@@ -431,6 +431,8 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFile
 			MaxBody:       int64(spec.GetMaxBody()),
 			HTTPSRedirect: spec.GetHttpsRedirect(),
 			HSTS:          spec.GetHsts(),
+			RateLimit:     spec.GetRateLimit(),
+			RateBurst:     int(spec.GetRateBurst()),
 			App:           rel.GetApp(),
 			Hosts:         spec.GetHosts(),
 			Prefix:        spec.GetPathPrefix(),

@@ -59,6 +59,7 @@ type appStats struct {
 	active atomic.Int64
 	retry  *retryBudget
 	set    *balance.Set
+	limit  limiter
 
 	codes    [600]atomic.Pointer[prometheus.Counter]
 	duration prometheus.Observer

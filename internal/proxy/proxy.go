@@ -128,6 +128,7 @@ func (p *Proxy) SetRoutes(routes []Route) {
 			r.policy = balance.P2C
 		}
 		r.app = p.appStatsLocked(rt.App)
+		r.app.limit.set(rt.RateLimit, rt.RateBurst)
 		apps[rt.App] = true
 		r.retry = r.app.retry
 		eps := make([]*balance.Endpoint, 0, len(rt.Endpoints))
@@ -228,6 +229,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rt == nil {
 		http.Error(lw, "404 not found", http.StatusNotFound)
 		return
+	}
+	if rt.RateLimit > 0 {
+		if ok, wait := rt.app.limit.allow(p.clientAddr(r), start); !ok {
+			tooMany(lw, wait)
+			return
+		}
 	}
 	if r.TLS == nil && rt.HTTPSRedirect && p.cfg.HTTPSPort != 0 {
 		p.redirectHTTPS(lw, r)
@@ -345,7 +352,7 @@ func (p *Proxy) takeBody(w http.ResponseWriter, r *http.Request, rt *route) bool
 		r.Body = http.MaxBytesReader(w, r.Body, max)
 		return true
 	}
-	sp, err := newSpool(r.Body, requestMem, max, p.cfg.TempDir)
+	sp, err := newSpool(r.Body, r.ContentLength, requestMem, max, p.cfg.TempDir, false)
 	switch {
 	case errors.Is(err, errTooLarge):
 		tooLarge(w, max)

@@ -46,6 +46,10 @@ type Route struct {
 	// Strict-Transport-Security to HTTPS answers.
 	HTTPSRedirect bool
 	HSTS          bool
+	// RateLimit is requests per second per client address (0: none), with
+	// a burst of RateBurst.
+	RateLimit float64
+	RateBurst int
 }
 
 // StaticMount serves a URL prefix from release directories, the first

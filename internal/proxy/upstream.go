@@ -198,7 +198,7 @@ func streaming(req *http.Request, resp *http.Response) bool {
 
 // spoolResponse reads a worker's whole answer.
 func (p *Proxy) spoolResponse(resp *http.Response) (*http.Response, error) {
-	sp, err := newSpool(resp.Body, responseMem, maxResponseSpool, p.cfg.TempDir)
+	sp, err := newSpool(resp.Body, resp.ContentLength, responseMem, maxResponseSpool, p.cfg.TempDir, true)
 	resp.Body.Close()
 	if err != nil {
 		return nil, err

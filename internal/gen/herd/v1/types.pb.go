@@ -180,7 +180,11 @@ type AppSpec struct {
 	// Plain-HTTP requests get a permanent redirect to HTTPS.
 	HttpsRedirect bool `protobuf:"varint,19,opt,name=https_redirect,json=httpsRedirect,proto3" json:"https_redirect,omitempty"`
 	// HTTPS answers carry Strict-Transport-Security (one year).
-	Hsts          bool `protobuf:"varint,20,opt,name=hsts,proto3" json:"hsts,omitempty"`
+	Hsts bool `protobuf:"varint,20,opt,name=hsts,proto3" json:"hsts,omitempty"`
+	// Requests per second each client address may make (0: no limit), with
+	// a burst of rate_burst; beyond, 429 (nginx's limit_req with nodelay).
+	RateLimit     float64 `protobuf:"fixed64,21,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	RateBurst     uint32  `protobuf:"varint,22,opt,name=rate_burst,json=rateBurst,proto3" json:"rate_burst,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,6 +357,20 @@ func (x *AppSpec) GetHsts() bool {
 		return x.Hsts
 	}
 	return false
+}
+
+func (x *AppSpec) GetRateLimit() float64 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *AppSpec) GetRateBurst() uint32 {
+	if x != nil {
+		return x.RateBurst
+	}
+	return 0
 }
 
 // StaticDir maps a URL prefix to a directory inside the release.
@@ -963,7 +981,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x05\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x06\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -988,7 +1006,11 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\rbuffering_off\x18\x11 \x01(\bR\fbufferingOff\x12\x19\n" +
 	"\bmax_body\x18\x12 \x01(\x04R\amaxBody\x12%\n" +
 	"\x0ehttps_redirect\x18\x13 \x01(\bR\rhttpsRedirect\x12\x12\n" +
-	"\x04hsts\x18\x14 \x01(\bR\x04hsts\x1a6\n" +
+	"\x04hsts\x18\x14 \x01(\bR\x04hsts\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x15 \x01(\x01R\trateLimit\x12\x1d\n" +
+	"\n" +
+	"rate_burst\x18\x16 \x01(\rR\trateBurst\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
