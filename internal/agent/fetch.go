@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -46,31 +45,16 @@ func fetchFrom(ctx context.Context, store *release.Store, addr, digest string) e
 	if err != nil {
 		return err
 	}
-	r := &chunkReader{buf: first.GetChunk(), next: func() ([]byte, error) {
+	pending := first.GetChunk()
+	r := release.ChunkReader(func() ([]byte, error) {
+		if pending != nil {
+			b := pending
+			pending = nil
+			return b, nil
+		}
 		msg, err := stream.Recv()
 		return msg.GetChunk(), err
-	}}
+	})
 	_, err = store.Put(digest, first.GetSize(), r)
 	return err
 }
-
-// chunkReader turns a stream of chunks into an io.Reader.
-type chunkReader struct {
-	buf  []byte
-	next func() ([]byte, error)
-}
-
-func (r *chunkReader) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
-		b, err := r.next()
-		if err != nil {
-			return 0, err // io.EOF at the stream's end
-		}
-		r.buf = b
-	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
-	return n, nil
-}
-
-var _ io.Reader = (*chunkReader)(nil)

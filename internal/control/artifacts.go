@@ -46,7 +46,7 @@ func (s *Service) UploadArtifact(stream herdv1.Control_UploadArtifactServer) err
 	case h.GetSize() < 0 || h.GetSize() > maxArtifact:
 		return toStatus(fmt.Errorf("%w: artifact size %d is outside 0..%d", errInvalid, h.GetSize(), maxArtifact))
 	}
-	r := &uploadReader{next: func() ([]byte, error) {
+	r := release.ChunkReader(func() ([]byte, error) {
 		msg, err := stream.Recv()
 		if err != nil {
 			return nil, err
@@ -55,7 +55,7 @@ func (s *Service) UploadArtifact(stream herdv1.Control_UploadArtifactServer) err
 			return nil, fmt.Errorf("%w: a second header in one upload", errInvalid)
 		}
 		return msg.GetChunk(), nil
-	}}
+	})
 	n, err := s.Artifacts.Put(h.GetDigest(), h.GetSize(), r)
 	if err != nil {
 		if errors.Is(err, errInvalid) {
@@ -65,24 +65,6 @@ func (s *Service) UploadArtifact(stream herdv1.Control_UploadArtifactServer) err
 	}
 	s.Log.Info("artifact stored", "digest", h.GetDigest(), "bytes", n)
 	return stream.SendAndClose(&herdv1.UploadArtifactResponse{Digest: h.GetDigest(), Size: n})
-}
-
-type uploadReader struct {
-	buf  []byte
-	next func() ([]byte, error)
-}
-
-func (r *uploadReader) Read(p []byte) (int, error) {
-	for len(r.buf) == 0 {
-		b, err := r.next()
-		if err != nil {
-			return 0, err
-		}
-		r.buf = b
-	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
-	return n, nil
 }
 
 // FetchArtifact streams an artifact: the size in the first message, then

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"io"
 )
 
 // ValidDigest reports whether s is a lower-case hex sha256 (64 chars).
@@ -51,4 +52,29 @@ func (w *hashingWriter) Write(p []byte) (int, error) {
 
 func (w *hashingWriter) digest() string {
 	return hex.EncodeToString(w.h.Sum(nil))
+}
+
+// ChunkReader turns a stream of chunks (an artifact arriving as gRPC
+// messages) into an io.Reader. next returns the next chunk, or io.EOF at
+// the end.
+func ChunkReader(next func() ([]byte, error)) io.Reader {
+	return &chunkReader{next: next}
+}
+
+type chunkReader struct {
+	buf  []byte
+	next func() ([]byte, error)
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		b, err := r.next()
+		if err != nil {
+			return 0, err
+		}
+		r.buf = b
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
 }

@@ -3,6 +3,7 @@ package release
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"strings"
 	"testing"
 )
@@ -41,5 +42,21 @@ func TestHashingWriter(t *testing.T) {
 	}
 	if w.n != 5 {
 		t.Errorf("n = %d, want 5", w.n)
+	}
+}
+
+func TestChunkReader(t *testing.T) {
+	chunks := [][]byte{[]byte("ab"), nil, []byte("cde"), []byte("f")}
+	r := ChunkReader(func() ([]byte, error) {
+		if len(chunks) == 0 {
+			return nil, io.EOF
+		}
+		c := chunks[0]
+		chunks = chunks[1:]
+		return c, nil
+	})
+	b, err := io.ReadAll(r)
+	if err != nil || string(b) != "abcdef" {
+		t.Fatalf("ReadAll = %q, %v", b, err)
 	}
 }
