@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha1"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"maps"
@@ -37,6 +41,15 @@ func startServer(t *testing.T, cfg config) (*server, *httptest.Server) {
 	ts := httptest.NewServer(s.handler())
 	t.Cleanup(ts.Close)
 	t.Cleanup(func() { close(s.unhang) })
+	// Hijacked WebSockets outlive ts.Close; their handlers must end with
+	// the test.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.sockets.wait(ctx); err != nil {
+			t.Errorf("websocket handlers still running after the test: %v", err)
+		}
+	})
 	return s, ts
 }
 
@@ -647,5 +660,408 @@ func TestCacheEndpoint(t *testing.T) {
 	}
 	if resp, _ := http.Get(srv.URL + "/cache?max-age=x"); resp.StatusCode != 400 {
 		t.Errorf("bad max-age: %d", resp.StatusCode)
+	}
+}
+
+func TestEvents(t *testing.T) {
+	_, ts := startServer(t, config{})
+	const n, ms = 3, 200
+	start := time.Now()
+	resp, err := ts.Client().Get(ts.URL + "/events?n=3&ms=200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %s", resp.Status)
+	}
+	if ct, cc := resp.Header.Get("Content-Type"), resp.Header.Get("Cache-Control"); ct != "text/event-stream" || cc != "no-cache" {
+		t.Errorf("Content-Type %q, Cache-Control %q; want text/event-stream, no-cache", ct, cc)
+	}
+	br := bufio.NewReader(resp.Body)
+	var arrived []time.Duration
+	for i := 1; i <= n; i++ {
+		var event string
+		for line := ""; line != "\n"; {
+			if line, err = br.ReadString('\n'); err != nil {
+				t.Fatalf("reading event %d: %v (so far %q)", i, err, event)
+			}
+			event += line
+		}
+		arrived = append(arrived, time.Since(start))
+		if want := fmt.Sprintf("id: %d\ndata: event %d of 3 from node-a/hello-v7-2\n\n", i, i); event != want {
+			t.Errorf("event %d = %q, want %q", i, event, want)
+		}
+	}
+	if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+		t.Errorf("after %d events: %q, %v; want clean EOF", n, rest, err)
+	}
+	// Events held back would all arrive at the end, (n-1)*ms in.
+	if first, last := arrived[0], arrived[n-1]; first > ms*time.Millisecond || last < (n-1)*ms*time.Millisecond {
+		t.Errorf("events arrived at %v; want the first at once and the last after %v", arrived, (n-1)*ms*time.Millisecond)
+	}
+}
+
+func TestEventsDefaultsAndBadInput(t *testing.T) {
+	_, ts := startServer(t, config{})
+	resp, body := get(t, ts, "/events?ms=0")
+	wantStatus(t, resp, body, http.StatusOK)
+	if got := strings.Count(body, "\n\n"); got != 5 || !strings.HasSuffix(body, "id: 5\ndata: event 5 of 5 from node-a/hello-v7-2\n\n") {
+		t.Errorf("/events?ms=0: %d events, body %q; want 5", got, body)
+	}
+	for _, q := range []string{"?n=x", "?n=-1", "?ms=-5", "?ms=3600001"} {
+		resp, body := get(t, ts, "/events"+q)
+		wantStatus(t, resp, body, http.StatusBadRequest)
+	}
+}
+
+// The client half of RFC 6455, written apart from the server's so that a
+// misreading of the RFC is not shared by both.
+
+const wsTestGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// wsDial opens a WebSocket to addr's /ws and checks the server's 101. Every
+// read and write on it must finish within 10 s.
+func wsDial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var nonce [16]byte
+	rand.NewChaCha8([32]byte{2}).Read(nonce[:])
+	key := base64.StdEncoding.EncodeToString(nonce[:])
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: hello.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\n\r\n", key)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	sum := sha1.Sum([]byte(key + wsTestGUID))
+	if resp.StatusCode != http.StatusSwitchingProtocols ||
+		!strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") ||
+		!strings.EqualFold(resp.Header.Get("Connection"), "upgrade") ||
+		resp.Header.Get("Sec-WebSocket-Accept") != base64.StdEncoding.EncodeToString(sum[:]) {
+		t.Fatalf("handshake answer %s %v; want 101 with the accept key for %q", resp.Status, resp.Header, key)
+	}
+	return conn, br
+}
+
+// wsFrame builds one frame; a client's frames must be masked.
+func wsFrame(fin bool, op byte, payload []byte, masked bool) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	var maskBit byte
+	if masked {
+		maskBit = 0x80
+	}
+	f := []byte{b0}
+	switch n := len(payload); {
+	case n <= 125:
+		f = append(f, maskBit|byte(n))
+	case n <= 0xffff:
+		f = binary.BigEndian.AppendUint16(append(f, maskBit|126), uint16(n))
+	default:
+		f = binary.BigEndian.AppendUint64(append(f, maskBit|127), uint64(n))
+	}
+	if !masked {
+		return append(f, payload...)
+	}
+	mask := [4]byte{0x37, 0xfa, 0x21, 0x3d}
+	f = append(f, mask[:]...)
+	for i, b := range payload {
+		f = append(f, b^mask[i%4])
+	}
+	return f
+}
+
+func wsSend(t *testing.T, conn net.Conn, op byte, payload []byte) {
+	t.Helper()
+	if _, err := conn.Write(wsFrame(true, op, payload, true)); err != nil {
+		t.Fatalf("sending opcode %d: %v", op, err)
+	}
+}
+
+// wsRecv reads one server frame, which must be whole and unmasked.
+func wsRecv(t *testing.T, br *bufio.Reader) (op byte, payload []byte) {
+	t.Helper()
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		t.Fatalf("reading a frame: %v", err)
+	}
+	if h[0]&0xf0 != 0x80 || h[1]&0x80 != 0 {
+		t.Fatalf("frame header %#x %#x: want FIN, no reserved bits, unmasked", h[0], h[1])
+	}
+	n := uint64(h[1] & 0x7f)
+	if n >= 126 {
+		ext := make([]byte, 2+6*(n-126))
+		if _, err := io.ReadFull(br, ext); err != nil {
+			t.Fatal(err)
+		}
+		n = 0
+		for _, b := range ext {
+			n = n<<8 | uint64(b)
+		}
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(br, payload); err != nil {
+		t.Fatalf("reading a payload of %d bytes: %v", n, err)
+	}
+	return h[0] & 0x0f, payload
+}
+
+// wsWantClose reads a closing frame with code, then the end of the stream.
+func wsWantClose(t *testing.T, br *bufio.Reader, code int) {
+	t.Helper()
+	op, payload := wsRecv(t, br)
+	if op != 8 || len(payload) < 2 || int(binary.BigEndian.Uint16(payload)) != code {
+		t.Fatalf("got opcode %d payload %q; want a close frame with code %d", op, payload, code)
+	}
+	if b, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the close frame: byte %#x, err %v; want EOF", b, err)
+	}
+}
+
+func closePayload(code int, reason string) []byte {
+	return append(binary.BigEndian.AppendUint16(nil, uint16(code)), reason...)
+}
+
+func TestWebSocketAcceptKey(t *testing.T) {
+	// The example of RFC 6455 section 1.3.
+	if got := wsAccept("dGhlIHNhbXBsZSBub25jZQ=="); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+		t.Fatalf("wsAccept = %q", got)
+	}
+}
+
+func TestWebSocketEcho(t *testing.T) {
+	_, ts := startServer(t, config{})
+	conn, br := wsDial(t, ts.Listener.Addr().String())
+	big := make([]byte, wsMaxMessage)
+	rand.NewChaCha8([32]byte{3}).Read(big)
+	for _, tc := range []struct {
+		name string
+		op   byte
+		msg  []byte
+	}{
+		{"7-bit length", opText, []byte("hello")},
+		{"empty", opText, nil},
+		{"16-bit length", opText, bytes.Repeat([]byte("é"), 150)},
+		{"64-bit length", opBinary, big[:70000]},
+		{"largest message", opBinary, big},
+	} {
+		wsSend(t, conn, tc.op, tc.msg)
+		op, got := wsRecv(t, br)
+		want := append([]byte("node-a/hello-v7-2: "), tc.msg...)
+		if op != tc.op || !bytes.Equal(got, want) {
+			t.Errorf("%s: echo opcode %d, %d bytes %.40q; want opcode %d, %d bytes %.40q", tc.name, op, len(got), got, tc.op, len(want), want)
+		}
+	}
+	wsSend(t, conn, opPing, []byte("are you there"))
+	if op, got := wsRecv(t, br); op != opPong || string(got) != "are you there" {
+		t.Errorf("ping answered with opcode %d %q; want a pong with the ping's payload", op, got)
+	}
+	// An unsolicited pong gets no answer; the next echo shows nothing came first.
+	wsSend(t, conn, opPong, nil)
+	wsSend(t, conn, opText, []byte("after pong"))
+	if op, got := wsRecv(t, br); op != opText || string(got) != "node-a/hello-v7-2: after pong" {
+		t.Errorf("after a pong: opcode %d %q", op, got)
+	}
+	wsSend(t, conn, opClose, closePayload(1000, "bye"))
+	wsWantClose(t, br, 1000)
+}
+
+func TestWebSocketHandshakeRefused(t *testing.T) {
+	_, ts := startServer(t, config{})
+	good := http.Header{
+		"Connection":            {"Upgrade"},
+		"Upgrade":               {"websocket"},
+		"Sec-Websocket-Version": {"13"},
+		"Sec-Websocket-Key":     {"dGhlIHNhbXBsZSBub25jZQ=="},
+	}
+	for _, tc := range []struct {
+		name   string
+		method string
+		change func(http.Header)
+		status int
+	}{
+		{"POST", http.MethodPost, func(http.Header) {}, http.StatusMethodNotAllowed},
+		{"no Upgrade", http.MethodGet, func(h http.Header) { h.Del("Upgrade") }, http.StatusBadRequest},
+		{"other protocol", http.MethodGet, func(h http.Header) { h.Set("Upgrade", "h2c") }, http.StatusBadRequest},
+		{"Connection without upgrade", http.MethodGet, func(h http.Header) { h.Set("Connection", "keep-alive") }, http.StatusBadRequest},
+		{"version 8", http.MethodGet, func(h http.Header) { h.Set("Sec-Websocket-Version", "8") }, http.StatusUpgradeRequired},
+		{"no key", http.MethodGet, func(h http.Header) { h.Del("Sec-Websocket-Key") }, http.StatusBadRequest},
+		{"short key", http.MethodGet, func(h http.Header) { h.Set("Sec-Websocket-Key", "c2hvcnQ=") }, http.StatusBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, ts.URL+"/ws", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = good.Clone()
+			tc.change(req.Header)
+			resp, err := ts.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			wantStatus(t, resp, string(body), tc.status)
+			if tc.status == http.StatusUpgradeRequired && resp.Header.Get("Sec-WebSocket-Version") != "13" {
+				t.Errorf("426 without Sec-WebSocket-Version: 13: %v", resp.Header)
+			}
+		})
+	}
+}
+
+// TestWebSocketRefusesBadFrames: a frame the server does not take fails
+// the connection with the close code that says why.
+func TestWebSocketRefusesBadFrames(t *testing.T) {
+	_, ts := startServer(t, config{})
+	tooBig := wsFrame(true, opBinary, nil, true)[:1]
+	tooBig = binary.BigEndian.AppendUint64(append(tooBig, 0x80|127), wsMaxMessage+1)
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		code  int
+	}{
+		{"unmasked", wsFrame(true, opText, []byte("hi"), false), closeProtocolError},
+		{"reserved bit", append([]byte{0x80 | 0x40 | opText}, wsFrame(true, opText, []byte("hi"), true)[1:]...), closeProtocolError},
+		{"unknown opcode", wsFrame(true, 0x3, nil, true), closeProtocolError},
+		{"long ping", wsFrame(true, opPing, make([]byte, 126), true), closeProtocolError},
+		{"fragmented ping", wsFrame(false, opPing, nil, true), closeProtocolError},
+		{"one-byte close", wsFrame(true, opClose, []byte{3}, true), closeProtocolError},
+		{"first fragment", wsFrame(false, opText, []byte("hi"), true), closeUnsupported},
+		{"continuation", wsFrame(true, opContinuation, []byte("hi"), true), closeUnsupported},
+		{"not UTF-8", wsFrame(true, opText, []byte{0xff, 0xfe}, true), closeInvalidData},
+		{"too big", tooBig, closeTooBig},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, br := wsDial(t, ts.Listener.Addr().String())
+			if _, err := conn.Write(tc.frame); err != nil {
+				t.Fatal(err)
+			}
+			wsWantClose(t, br, tc.code)
+		})
+	}
+}
+
+// TestWebSocketGoingAway: at shutdown every open WebSocket gets a closing
+// frame (1001); a client that answers it is let go, one that does not is
+// dropped when the shutdown deadline passes, and no new one is accepted.
+func TestWebSocketGoingAway(t *testing.T) {
+	s, ts := startServer(t, config{})
+	addr := ts.Listener.Addr().String()
+	var conns []net.Conn
+	var readers []*bufio.Reader
+	for range 3 {
+		conn, br := wsDial(t, addr)
+		// An echo shows the connection is registered.
+		wsSend(t, conn, opText, []byte("hi"))
+		if _, got := wsRecv(t, br); string(got) != "node-a/hello-v7-2: hi" {
+			t.Fatalf("echo %q", got)
+		}
+		conns, readers = append(conns, conn), append(readers, br)
+	}
+
+	s.sockets.goAway()
+	for i, br := range readers {
+		op, payload := wsRecv(t, br)
+		if op != opClose || len(payload) < 2 || binary.BigEndian.Uint16(payload) != closeGoingAway {
+			t.Fatalf("conn %d: opcode %d %q after goAway; want close 1001", i, op, payload)
+		}
+	}
+	// Messages after the server's closing frame are not answered.
+	wsSend(t, conns[0], opText, []byte("late"))
+	wsSend(t, conns[0], opClose, closePayload(closeGoingAway, ""))
+	wsSend(t, conns[1], opClose, closePayload(closeGoingAway, ""))
+	for i := range 2 {
+		if b, err := readers[i].ReadByte(); err != io.EOF {
+			t.Errorf("conn %d after its close answer: byte %#x, err %v; want EOF", i, b, err)
+		}
+	}
+
+	resp, body := do(t, ts, http.MethodGet, "/ws", nil)
+	wantStatus(t, resp, body, http.StatusBadRequest) // not even a handshake
+	req, _ := http.NewRequest(http.MethodGet, ts.URL+"/ws", nil)
+	req.Header = http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"},
+		"Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}
+	if resp, err := ts.Client().Do(req); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("handshake after goAway: %v %v; want 503", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
+	// The third client never answers; shutdown's deadline drops it.
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if err := s.sockets.wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("wait with a silent client: %v; want the deadline", err)
+	}
+	if b, err := readers[2].ReadByte(); err != io.EOF {
+		t.Errorf("silent client after the deadline: byte %#x, err %v; want EOF", b, err)
+	}
+}
+
+// TestBinaryWebSocketGoingAway: SIGTERM sends the real process's open
+// WebSockets a closing frame before it exits 0.
+func TestBinaryWebSocketGoingAway(t *testing.T) {
+	bin := buildHello(t)
+	port := freePort(t)
+	cmd := exec.Command(bin)
+	cmd.Env = []string{"PORT=" + port, "HERD_NODE=node-1", "HERD_WORKER=2"}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	addr := "127.0.0.1:" + port
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hello not listening after 10s: %v", err)
+		}
+	}
+
+	conn, br := wsDial(t, addr)
+	wsSend(t, conn, opText, []byte("hi"))
+	if _, got := wsRecv(t, br); string(got) != "node-1/2: hi" {
+		t.Fatalf("echo %q, want %q", got, "node-1/2: hi")
+	}
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	op, payload := wsRecv(t, br)
+	if op != opClose || len(payload) < 2 || binary.BigEndian.Uint16(payload) != closeGoingAway {
+		t.Fatalf("after SIGTERM: opcode %d %q; want close 1001", op, payload)
+	}
+	t.Logf("close frame %q %v after SIGTERM", payload[2:], time.Since(start))
+	wsSend(t, conn, opClose, payload[:2])
+	if b, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after answering the close: byte %#x, err %v; want EOF", b, err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err // for the cleanup
+		if err != nil || !strings.HasSuffix(stderr.String(), "hello: stopped\n") {
+			t.Errorf("exit %v, stderr %q; want status 0 after %q", err, stderr.String(), "hello: stopped")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("hello still running 10s after its last WebSocket closed")
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -133,6 +134,8 @@ type Cluster struct {
 	Dir   string
 	Front *Proc
 	Nodes []*Proc
+
+	portBase int
 }
 
 // NodeIP is the loopback address node i (from 1) advertises and its
@@ -145,6 +148,9 @@ func NodeIP(i int) string { return fmt.Sprintf("127.0.0.%d", 10+i) }
 func Start(t testing.TB, n int, frontArgs ...string) *Cluster {
 	t.Helper()
 	c := &Cluster{T: t, Bin: Build(t), Dir: t.TempDir()}
+	// 10000-29999, below the kernel's ephemeral ports: 10 slots by process
+	// id, 4 by cluster, 5 nodes of 100 ports each.
+	c.portBase = 10000 + (os.Getpid()%10)*2000 + int(clusters.Add(1)%4)*500
 	// t.TempDir's directories are 0700; workers running as nobody must
 	// get through them to their releases.
 	for _, d := range []string{c.Dir, filepath.Dir(c.Dir)} {
@@ -163,14 +169,20 @@ func Start(t testing.TB, n int, frontArgs ...string) *Cluster {
 	return c
 }
 
+// clusters counts the clusters this test process started, so each gets
+// worker ports of its own: a worker of a cluster that is still stopping,
+// or of another test process, must not hold a port the next one hands out.
+var clusters atomic.Int64
+
 // StartNode starts node i (named node-i) joined to the front; a node
 // started again after a stop keeps its data dir.
 func (c *Cluster) StartNode(i int) *Proc {
 	ip := NodeIP(i)
+	lo := c.portBase + i*100
 	p := c.start(fmt.Sprintf("node-%d", i), c.Bin.Node,
 		"--name", fmt.Sprintf("node-%d", i), "--advertise", ip,
 		"--gossip", ip+":0", "--grpc", ip+":0", "--join", c.Front.Addrs["gossip"],
-		"--port-range", fmt.Sprintf("%d-%d", 30000+i*1000, 30999+i*1000))
+		"--port-range", fmt.Sprintf("%d-%d", lo, lo+99))
 	if i <= len(c.Nodes) {
 		c.Nodes[i-1] = p
 	} else {

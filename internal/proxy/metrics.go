@@ -60,6 +60,8 @@ type appStats struct {
 	retry  *retryBudget
 	set    *balance.Set
 	limit  limiter
+	// tunnels counts upgraded connections (WebSockets) open now.
+	tunnels atomic.Int64
 
 	codes    [600]atomic.Pointer[prometheus.Counter]
 	duration prometheus.Observer
@@ -132,10 +134,11 @@ var (
 	descUpReqs   = prometheus.NewDesc("herd_upstream_requests_total", "Requests sent to an endpoint.", []string{"app", "endpoint", "node"}, nil)
 	descUpErrs   = prometheus.NewDesc("herd_upstream_errors_total", "Failed requests to an endpoint (connect failures, errors, 5xx).", []string{"app", "endpoint", "node"}, nil)
 	descQueued   = prometheus.NewDesc("herd_queue_length", "Requests waiting for a free worker.", []string{"app"}, nil)
+	descTunnels  = prometheus.NewDesc("herd_upgraded_connections", "Upgraded connections (WebSockets) open through the front.", []string{"app"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descLatency, descEjected, descUpReqs, descUpErrs, descQueued} {
+	for _, d := range []*prometheus.Desc{descInFlight, descLatency, descEjected, descUpReqs, descUpErrs, descQueued, descTunnels} {
 		ch <- d
 	}
 }
@@ -149,6 +152,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		seen[r] = true
 		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(r.set.Queued()), r.App)
+		ch <- prometheus.MustNewConstMetric(descTunnels, prometheus.GaugeValue, float64(r.app.tunnels.Load()), r.App)
 		for _, e := range r.set.Endpoints() {
 			reqs, errs := e.Stats()
 			ejected := 0.0

@@ -65,7 +65,17 @@ func (u upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		} else if err == nil {
 			st.ep = ep
-			resp.Body = &releaseBody{ReadCloser: resp.Body, set: rt.set, ep: ep, start: start, outcome: outcomeOf(resp.StatusCode)}
+			rb := &releaseBody{ReadCloser: resp.Body, set: rt.set, ep: ep, start: start, outcome: outcomeOf(resp.StatusCode)}
+			if w, ok := resp.Body.(io.Writer); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+				// An upgraded connection (WebSocket) is a tunnel that
+				// ReverseProxy writes to as well; it holds the worker's slot
+				// until it closes.
+				rt.app.tunnels.Add(1)
+				rb.onRelease = func() { rt.app.tunnels.Add(-1) }
+				resp.Body = tunnelBody{rb, w}
+			} else {
+				resp.Body = rb
+			}
 			return resp, nil
 		}
 		o := classify(req.Context(), err)
@@ -140,6 +150,8 @@ type releaseBody struct {
 	start   time.Time
 	outcome balance.Outcome
 	once    sync.Once
+	// onRelease, if set, runs once with the release.
+	onRelease func()
 }
 
 func (b *releaseBody) Read(p []byte) (int, error) {
@@ -160,7 +172,31 @@ func (b *releaseBody) Close() error {
 }
 
 func (b *releaseBody) release(o balance.Outcome) {
-	b.once.Do(func() { b.set.Release(b.ep, time.Since(b.start), o) })
+	b.once.Do(func() {
+		b.set.Release(b.ep, time.Since(b.start), o)
+		if b.onRelease != nil {
+			b.onRelease()
+		}
+	})
+}
+
+// tunnelBody is an upgraded connection's body: readable, writable, and
+// releasing its slot when closed.
+type tunnelBody struct {
+	*releaseBody
+	w io.Writer
+}
+
+func (t tunnelBody) Write(p []byte) (int, error) { return t.w.Write(p) }
+
+// Read ends like a connection does: either side hanging up says nothing
+// about the worker's health.
+func (t tunnelBody) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if err != nil {
+		t.release(balance.Canceled)
+	}
+	return n, err
 }
 
 // retryBudget keeps retries (other than of connect failures) to about a
