@@ -28,6 +28,7 @@ import (
 	"github.com/herd-run/herd/internal/cluster"
 	"github.com/herd-run/herd/internal/control"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/httpguard"
 	"github.com/herd-run/herd/internal/proxy"
 	"github.com/herd-run/herd/internal/release"
 	"github.com/herd-run/herd/internal/runfile"
@@ -267,8 +268,14 @@ func Run(ctx context.Context, cfg Config) error {
 	gs := grpc.NewServer()
 	herdv1.RegisterControlServer(gs, svc)
 
+	// Requests Go's parser would take but nginx refuses as smuggling risks
+	// (Content-Length with Transfer-Encoding, duplicate Content-Length,
+	// obs-fold, bare LF) get 400 and a closed connection. Plain HTTP only:
+	// over TLS the guard would see ciphertext, and HTTP/2 has no such
+	// framing ambiguity.
 	hs := &http.Server{
-		Handler: px,
+		Handler:     httpguard.Handler(px),
+		ConnContext: httpguard.ConnContext,
 		// Slowloris: the whole request head within 10 s, at most 64 KiB
 		// of it (431 beyond).
 		ReadHeaderTimeout: 10 * time.Second,
@@ -278,7 +285,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	errc := make(chan error, 4)
 	go func() { errc <- serveErr("grpc", gs.Serve(grpcLis)) }()
-	go func() { errc <- serveErr("http", hs.Serve(httpLis)) }()
+	go func() { errc <- serveErr("http", hs.Serve(httpguard.Listener(httpLis))) }()
 	addrs := map[string]string{"http": httpLis.Addr().String(), "grpc": grpcAddr, "gossip": cl.GossipAddr()}
 	var hss *http.Server
 	if httpsLis != nil {
