@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,13 +22,12 @@ import (
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/logfile"
 	"github.com/herd-run/herd/internal/release"
+	"github.com/herd-run/herd/internal/state"
 	"github.com/herd-run/herd/internal/supervisor"
 )
 
 // errInvalid marks a request that can never succeed as sent.
 var errInvalid = errors.New("invalid request")
-
-var appName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // reservedEnv are the variables herd sets for every worker; a spec may not
 // override them.
@@ -40,7 +38,7 @@ var reservedEnv = []string{"HOST", "PORT", "HERD_APP", "HERD_RELEASE", "HERD_WOR
 func validateRelease(rel *herdv1.Release) error {
 	spec := rel.GetSpec()
 	switch {
-	case !appName.MatchString(rel.GetApp()):
+	case !state.ValidAppName(rel.GetApp()):
 		return fmt.Errorf("%w: app name %q: want a DNS label (a-z, 0-9, '-')", errInvalid, rel.GetApp())
 	case spec.GetName() != rel.GetApp():
 		return fmt.Errorf("%w: spec names app %q, release names %q", errInvalid, spec.GetName(), rel.GetApp())

@@ -15,6 +15,7 @@ import (
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/logfile"
+	"github.com/herd-run/herd/internal/state"
 )
 
 // logBatch bounds the lines sent in one message.
@@ -30,7 +31,7 @@ func (m *manager) logPath(app string, worker int) string {
 // then, with follow, new lines as they are written.
 func (s *service) Logs(req *herdv1.AgentLogsRequest, stream herdv1.Agent_LogsServer) error {
 	m := s.m
-	if !appName.MatchString(req.GetApp()) {
+	if !state.ValidAppName(req.GetApp()) {
 		return status.Errorf(codes.InvalidArgument, "app name %q: want a DNS label", req.GetApp())
 	}
 	var files []string

@@ -15,10 +15,10 @@ import (
 	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/release"
+	"github.com/herd-run/herd/internal/state"
 )
 
 var (
-	appName  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	token    = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_|~-]+$`)
 	hostName = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
@@ -29,7 +29,7 @@ func validateSpec(spec *herdv1.AppSpec) error {
 	switch {
 	case spec == nil:
 		return fmt.Errorf("%w: no app spec", errInvalid)
-	case !appName.MatchString(spec.GetName()):
+	case !state.ValidAppName(spec.GetName()):
 		return fmt.Errorf("%w: app name %q: want a DNS label (a-z, 0-9, '-', at most 63)", errInvalid, spec.GetName())
 	case strings.TrimSpace(spec.GetCommand()) == "":
 		return fmt.Errorf("%w: --cmd is empty", errInvalid)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/state"
 )
 
 // nodeBatch is one message from a node's log stream.
@@ -21,7 +22,7 @@ type nodeBatch struct {
 // kept lines in time order across nodes, then, with follow, new lines as
 // they arrive.
 func (s *Service) Logs(req *herdv1.LogsRequest, stream herdv1.Control_LogsServer) error {
-	if !appName.MatchString(req.GetApp()) {
+	if !state.ValidAppName(req.GetApp()) {
 		return toStatus(fmt.Errorf("%w: app name %q: want a DNS label", errInvalid, req.GetApp()))
 	}
 	var feeds []chan nodeBatch
