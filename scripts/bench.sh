@@ -273,7 +273,7 @@ P=$(free_port) # the worker's port: herd-node is given this one port only
 # Started from $work so that leftovers() finds them; taskset execs the
 # program, so $! is the program's pid.
 (cd "$work" && exec taskset -c 0 "$bin/herd-front" --data-dir "$work/front" --name front-1 \
-	--http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --gossip 127.0.0.1:0 \
+	--http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --gossip 127.0.0.1:0 --raft 127.0.0.1:0 \
 	--log-level warn) >"$work/front.log" 2>&1 &
 front_pid=$!
 pids+=("$front_pid")

@@ -82,7 +82,7 @@ port=$(free "${HERD_DEMO_PORT:-8080}")
 grpcport=$(free 7700)
 
 bin/herd-front --data-dir "$work/front" --name front-1 --http "127.0.0.1:$port" \
-	--grpc "127.0.0.1:$grpcport" --admin 127.0.0.1:0 --gossip 127.0.0.1:0 >"$work/front.log" 2>&1 &
+	--grpc "127.0.0.1:$grpcport" --admin 127.0.0.1:0 --gossip 127.0.0.1:0 --raft 127.0.0.1:0 >"$work/front.log" 2>&1 &
 pids+=($!)
 http=$(addr "$work/front" http)
 grpc=$(addr "$work/front" grpc)

@@ -123,6 +123,7 @@ type manager struct {
 	cancel context.CancelFunc
 
 	applying map[string]int // digest -> applies using it now (guarded by mu)
+	fronts   frontConns
 	histMu   sync.Mutex
 	history  map[string][]string // app -> recent digests, newest first
 }
@@ -397,7 +398,7 @@ func (m *manager) awaitFronts(gen uint64) {
 func (m *manager) state() *herdv1.NodeState {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := &herdv1.NodeState{Node: m.cfg.Name, Address: m.host}
+	st := &herdv1.NodeState{Node: m.cfg.Name, Address: m.host, Labels: m.cfg.Labels}
 	for _, a := range m.apps {
 		as := &herdv1.AppState{
 			App:     a.rel.GetApp(),

@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg Config) error {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	defer m.cancel()
 	m.fetcher = func(ctx context.Context, sources []string, digest string) error {
-		return fetchArtifact(ctx, store, sources, digest)
+		return release.Fetch(ctx, store, sources, digest)
 	}
 	cl, err := cluster.New(cluster.Config{
 		Name:      cfg.Name,
@@ -99,6 +99,8 @@ func Run(ctx context.Context, cfg Config) error {
 	m.publish()
 
 	go m.watchMemory(m.ctx)
+	go m.reportLoop(m.ctx)
+	defer m.closeFrontConns()
 
 	srv := grpc.NewServer()
 	herdv1.RegisterAgentServer(srv, &service{m: m})
@@ -115,12 +117,16 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() {
 		defer close(joined)
 		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
+		m.pullAssignment(joinCtx)
 	}()
 
+	var runErr error
 	select {
 	case <-ctx.Done():
 	case err := <-serveErr:
 		log.Error("grpc server stopped", "err", err)
+	case other := <-cl.Conflict():
+		runErr = fmt.Errorf("another live member named %q gossips from %s: node names must be unique (--name)", cfg.Name, other)
 	}
 	stopJoin()
 	<-joined
@@ -137,5 +143,5 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	runfile.Remove(cfg.DataDir)
 	log.Info("herd-node stopped")
-	return nil
+	return runErr
 }

@@ -33,6 +33,7 @@ type Member struct {
 	Addr       string // IP
 	GossipAddr string // host:port
 	GRPCAddr   string // host:port
+	RaftAddr   string // host:port of a front's Raft transport
 	State      herdv1.MemberState
 	// Leaving is set when the member announced that it is about to leave:
 	// nobody should send it new work.
@@ -65,13 +66,14 @@ type Cluster struct {
 	states  map[string]*herdv1.NodeState
 	wanted  map[string]uint64 // node -> newer generation to fetch
 
-	changed chan struct{}
-	fetchc  chan struct{}
-	metac   chan struct{}
-	metaMu  sync.Mutex // one UpdateNode at a time
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	changed  chan struct{}
+	conflict chan string
+	fetchc   chan struct{}
+	metac    chan struct{}
+	metaMu   sync.Mutex // one UpdateNode at a time
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // New starts gossip on cfg.Bind. Call Join to meet the rest of the cluster.
@@ -85,17 +87,18 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Cluster{
-		cfg:     cfg,
-		log:     log,
-		self:    meta{Role: roleName(cfg.Role), GRPC: cfg.GRPCAddr},
-		members: map[string]*Member{},
-		states:  map[string]*herdv1.NodeState{},
-		wanted:  map[string]uint64{},
-		changed: make(chan struct{}, 1),
-		fetchc:  make(chan struct{}, 1),
-		metac:   make(chan struct{}, 1),
-		ctx:     ctx,
-		cancel:  cancel,
+		cfg:      cfg,
+		log:      log,
+		self:     meta{Role: roleName(cfg.Role), GRPC: cfg.GRPCAddr, Raft: cfg.RaftAddr},
+		conflict: make(chan string, 1),
+		members:  map[string]*Member{},
+		states:   map[string]*herdv1.NodeState{},
+		wanted:   map[string]uint64{},
+		changed:  make(chan struct{}, 1),
+		fetchc:   make(chan struct{}, 1),
+		metac:    make(chan struct{}, 1),
+		ctx:      ctx,
+		cancel:   cancel,
 	}
 
 	host, portStr, _ := net.SplitHostPort(cfg.Bind)
@@ -122,6 +125,7 @@ func New(cfg Config) (*Cluster, error) {
 	mc.DeadNodeReclaimTime = 30 * time.Second
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
+	mc.Conflict = (*events)(c)
 	mc.Logger = slog.NewLogLogger(log.With("component", "memberlist").Handler(), slog.LevelDebug)
 
 	ml, err := memberlist.Create(mc)
@@ -150,6 +154,11 @@ func (c *Cluster) Join(addrs []string) error {
 	}
 	return nil
 }
+
+// Conflict delivers the gossip address of another live member that uses
+// this member's name: the caller should stop, as memberlist will not let
+// the two share it.
+func (c *Cluster) Conflict() <-chan string { return c.conflict }
 
 // GossipAddr is the host:port others join this member at.
 func (c *Cluster) GossipAddr() string {

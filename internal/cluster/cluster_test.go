@@ -727,3 +727,34 @@ func TestNoGoroutineLeak(t *testing.T) {
 		return n <= before+2, fmt.Sprintf("%d goroutines after closing every member, %d before", n, before)
 	})
 }
+
+// TestDuplicateNameConflict: a second live member that takes a name in use
+// learns it through Conflict (the process then stops), and the first keeps
+// its name and address.
+func TestDuplicateNameConflict(t *testing.T) {
+	t.Parallel()
+	f := newMember(t, herdv1.Role_ROLE_FRONT, nil)
+	a := newMember(t, herdv1.Role_ROLE_NODE, nil)
+	join(t, a, f)
+	dup := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Name = a.cfg.Name })
+	if err := dup.Join([]string{f.GossipAddr()}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case other := <-dup.Conflict():
+		if other != a.GossipAddr() {
+			t.Errorf("Conflict() = %s, want the first member's address %s", other, a.GossipAddr())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the duplicate member was not told about the conflict")
+	}
+	select {
+	case other := <-a.Conflict():
+		t.Errorf("the first member was told of a conflict with %s", other)
+	default:
+	}
+	m, ok := memberOf(f, a.cfg.Name)
+	if !ok || m.GossipAddr != a.GossipAddr() {
+		t.Errorf("the front sees %s at %s, want %s", a.cfg.Name, m.GossipAddr, a.GossipAddr())
+	}
+}

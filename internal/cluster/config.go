@@ -26,6 +26,8 @@ type Config struct {
 	// GRPCAddr is the host:port of this member's gRPC API, published in the
 	// node meta.
 	GRPCAddr string
+	// RaftAddr is a front's Raft transport host:port, published in the meta.
+	RaftAddr string
 	// Logger receives memberlist's log too. Default: discard.
 	Logger *slog.Logger
 	// Fetch gets a node's full state over gRPC when gossip says it changed.

@@ -110,6 +110,7 @@ func (c *Cluster) seen(n *memberlist.Node) {
 	m.Addr = n.Addr.String()
 	m.GossipAddr = n.Address()
 	m.GRPCAddr = md.GRPC
+	m.RaftAddr = md.Raft
 	m.Leaving = md.Leaving
 	m.Generation = md.Generation
 	m.State = herdv1.MemberState_MEMBER_STATE_ALIVE
@@ -133,5 +134,20 @@ func (c *Cluster) forgetLocked() {
 			delete(c.members, name)
 			delete(c.states, name)
 		}
+	}
+}
+
+// NotifyConflict is memberlist telling that a member of an existing name
+// announced itself from another address. When the name is ours, another
+// live process uses it: names must be unique, so this one must not go on.
+func (e *events) NotifyConflict(existing, other *memberlist.Node) {
+	c := (*Cluster)(e)
+	if existing.Name != c.cfg.Name {
+		c.log.Warn("a second member claims a name in use; ignored", "member", other.Name, "address", other.Address(), "in_use_by", existing.Address())
+		return
+	}
+	select {
+	case c.conflict <- other.Address():
+	default:
 	}
 }

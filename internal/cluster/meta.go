@@ -15,6 +15,7 @@ import (
 type meta struct {
 	Role       string `json:"r"`
 	GRPC       string `json:"g,omitempty"`
+	Raft       string `json:"ra,omitempty"`
 	Generation uint64 `json:"v,omitempty"`
 	Leaving    bool   `json:"l,omitempty"`
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,15 +128,18 @@ func (p *Proc) Stop(timeout time.Duration) bool {
 	}
 }
 
-// Cluster is one front and some nodes.
+// Cluster is fronts and nodes. Front is the first front, which
+// bootstrapped the Raft cluster; Fronts lists them all.
 type Cluster struct {
-	T     testing.TB
-	Bin   Binaries
-	Dir   string
-	Front *Proc
-	Nodes []*Proc
+	T      testing.TB
+	Bin    Binaries
+	Dir    string
+	Front  *Proc
+	Fronts []*Proc
+	Nodes  []*Proc
 
-	portBase int
+	portBase  int
+	frontArgs []string
 }
 
 // NodeIP is the loopback address node i (from 1) advertises and its
@@ -159,9 +163,8 @@ func Start(t testing.TB, n int, frontArgs ...string) *Cluster {
 		}
 	}
 	t.Cleanup(c.stopAll)
-	c.Front = c.start("front", c.Bin.Front, append([]string{
-		"--name", "front-1", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-		"--admin", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--deploy-timeout", "30s"}, frontArgs...)...)
+	c.frontArgs = frontArgs
+	c.Front = c.StartFront(1)
 	for i := 1; i <= n; i++ {
 		c.StartNode(i)
 	}
@@ -174,15 +177,71 @@ func Start(t testing.TB, n int, frontArgs ...string) *Cluster {
 // or of another test process, must not hold a port the next one hands out.
 var clusters atomic.Int64
 
-// StartNode starts node i (named node-i) joined to the front; a node
-// started again after a stop keeps its data dir.
-func (c *Cluster) StartNode(i int) *Proc {
+// StartFront starts front i (named front-i; its data dir is "front" for
+// the first, "front-i" for the others). Front 1 bootstraps Raft; the others
+// join it by gossip and the leader adds them. A front started again reuses
+// its data dir and its addresses, as a restarted host would.
+func (c *Cluster) StartFront(i int) *Proc {
+	name, dir := fmt.Sprintf("front-%d", i), "front"
+	if i > 1 {
+		dir = name
+	}
+	addr := map[string]string{"http": "127.0.0.1:0", "grpc": "127.0.0.1:0", "admin": "127.0.0.1:0", "gossip": "127.0.0.1:0", "raft": "127.0.0.1:0"}
+	if i <= len(c.Fronts) && c.Fronts[i-1] != nil {
+		for k, v := range c.Fronts[i-1].Addrs {
+			addr[k] = v
+		}
+	}
+	args := []string{"--name", name, "--http", addr["http"], "--grpc", addr["grpc"], "--admin", addr["admin"],
+		"--gossip", addr["gossip"], "--raft", addr["raft"], "--deploy-timeout", "30s"}
+	// The first start of front 1 has nobody to join: it bootstraps.
+	for _, f := range c.Fronts {
+		if f != nil && f.Name != name {
+			args = append(args, "--join", f.Addrs["gossip"])
+		}
+	}
+	p := c.start(dir, c.Bin.Front, append(args, c.frontArgs...)...)
+	p.Name = name
+	if i <= len(c.Fronts) {
+		c.Fronts[i-1] = p
+	} else {
+		c.Fronts = append(c.Fronts, p)
+	}
+	if i == 1 {
+		c.Front = p
+	}
+	return p
+}
+
+// CtlVia runs herdctl against one front.
+func (c *Cluster) CtlVia(f *Proc, args ...string) Result {
+	c.T.Helper()
+	return RunCtl(c.T, c.Bin.Ctl, append([]string{"--addr", f.Addrs["grpc"]}, args...)...)
+}
+
+// StartNode starts node i (named node-i) joined to the front, with extra
+// flags (e.g. --labels); a node started again after a stop keeps its data
+// dir.
+func (c *Cluster) StartNode(i int, extra ...string) *Proc {
 	ip := NodeIP(i)
 	lo := c.portBase + i*100
-	p := c.start(fmt.Sprintf("node-%d", i), c.Bin.Node,
-		"--name", fmt.Sprintf("node-%d", i), "--advertise", ip,
-		"--gossip", ip+":0", "--grpc", ip+":0", "--join", c.Front.Addrs["gossip"],
-		"--port-range", fmt.Sprintf("%d-%d", lo, lo+99))
+	// A restarted node comes back on its addresses, as with fixed ports
+	// in production. (A new gossip port under the old name is refused by
+	// every member that missed the old one's leave, until it is declared
+	// dead and reclaimed: tens of seconds.)
+	gossip, grpcAddr := ip+":0", ip+":0"
+	if i <= len(c.Nodes) && c.Nodes[i-1] != nil {
+		gossip, grpcAddr = c.Nodes[i-1].Addrs["gossip"], c.Nodes[i-1].Addrs["grpc"]
+	}
+	args := []string{"--name", fmt.Sprintf("node-%d", i), "--advertise", ip,
+		"--gossip", gossip, "--grpc", grpcAddr,
+		"--port-range", fmt.Sprintf("%d-%d", lo, lo+99)}
+	for _, f := range c.Fronts {
+		if f != nil {
+			args = append(args, "--join", f.Addrs["gossip"])
+		}
+	}
+	p := c.start(fmt.Sprintf("node-%d", i), c.Bin.Node, append(args, extra...)...)
 	if i <= len(c.Nodes) {
 		c.Nodes[i-1] = p
 	} else {
@@ -228,13 +287,26 @@ func (c *Cluster) start(name, bin string, args ...string) *Proc {
 }
 
 func (c *Cluster) stopAll() {
-	for _, p := range append(c.Nodes, c.Front) {
+	procs := slices.Clone(c.Nodes)
+	for i := len(c.Fronts) - 1; i >= 0; i-- {
+		procs = append(procs, c.Fronts[i])
+	}
+	for _, p := range procs {
 		if p != nil && !p.killed && !p.Stop(15*time.Second) {
 			c.T.Logf("%s did not stop gracefully; its log:\n%s", p.Name, p.Log())
 		}
 	}
+	if dir := os.Getenv("HERD_TEST_LOGS"); dir != "" && c.T.Failed() {
+		// Whole logs, for a failure the tails below do not explain.
+		logs, _ := filepath.Glob(filepath.Join(c.Dir, "*.log"))
+		for _, l := range logs {
+			if b, err := os.ReadFile(l); err == nil {
+				os.WriteFile(filepath.Join(dir, filepath.Base(l)), b, 0o644)
+			}
+		}
+	}
 	if c.T.Failed() {
-		for _, p := range append([]*Proc{c.Front}, c.Nodes...) {
+		for _, p := range append(slices.Clone(c.Fronts), c.Nodes...) {
 			if p != nil {
 				c.T.Logf("--- %s log ---\n%s", p.Name, tail(p.Log(), 60))
 			}
@@ -368,7 +440,12 @@ func (c *Cluster) Get(host, path string) (int, []byte, error) {
 
 // Do sends a request through the front and reads the whole answer.
 func (c *Cluster) Do(method, host, path string, header http.Header, body io.Reader) (*http.Response, []byte, error) {
-	req, err := http.NewRequest(method, "http://"+c.Front.Addrs["http"]+path, body)
+	return c.DoVia(c.Front, method, host, path, header, body)
+}
+
+// DoVia sends a request through front f and reads the whole answer.
+func (c *Cluster) DoVia(f *Proc, method, host, path string, header http.Header, body io.Reader) (*http.Response, []byte, error) {
+	req, err := http.NewRequest(method, "http://"+f.Addrs["http"]+path, body)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/release"
 )
@@ -99,4 +103,76 @@ func (s *Service) FetchArtifact(req *herdv1.FetchArtifactRequest, stream herdv1.
 			return toStatus(err)
 		}
 	}
+}
+
+// PullArtifact makes this front hold an artifact, fetched from the first
+// source that has it.
+func (s *Service) PullArtifact(ctx context.Context, req *herdv1.PullArtifactRequest) (*herdv1.PullArtifactResponse, error) {
+	if !release.ValidDigest(req.GetDigest()) {
+		return nil, toStatus(fmt.Errorf("%w: digest %q is not a sha256", errInvalid, req.GetDigest()))
+	}
+	if size, ok := s.Artifacts.Has(req.GetDigest()); ok {
+		return &herdv1.PullArtifactResponse{Size: size}, nil
+	}
+	var sources []string
+	for _, src := range req.GetSources() {
+		if src != s.Self {
+			sources = append(sources, src)
+		}
+	}
+	if err := release.Fetch(ctx, s.Artifacts, sources, req.GetDigest()); err != nil {
+		return nil, status.Errorf(codes.NotFound, "front %s: %v", s.Name, err)
+	}
+	size, _ := s.Artifacts.Has(req.GetDigest())
+	s.Log.Info("artifact copied from another front", "digest", req.GetDigest(), "bytes", size)
+	return &herdv1.PullArtifactResponse{Size: size}, nil
+}
+
+// replicate makes every live front hold the artifact and returns the gRPC
+// addresses of those that do (this one first). It fails unless at least
+// two fronts (or all, if fewer are live) hold it.
+func (s *Service) replicate(ctx context.Context, digest string) ([]string, error) {
+	fronts := s.liveFronts()
+	var all []string
+	for _, f := range fronts {
+		all = append(all, f.GRPCAddr)
+	}
+	if len(fronts) == 0 || fronts[0].Name != s.Name {
+		// Gossip does not list us yet (just started): count ourselves.
+		all = append([]string{s.Self}, all...)
+		fronts = append([]cluster.Member{{Name: s.Name, GRPCAddr: s.Self}}, fronts...)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	errs := make([]error, len(fronts))
+	var wg sync.WaitGroup
+	for i, f := range fronts {
+		wg.Go(func() {
+			if f.Name == s.Name {
+				_, errs[i] = s.PullArtifact(ctx, &herdv1.PullArtifactRequest{Digest: digest, Sources: all})
+				return
+			}
+			c, err := s.Agents.Control(f.GRPCAddr)
+			if err == nil {
+				_, err = c.PullArtifact(ctx, &herdv1.PullArtifactRequest{Digest: digest, Sources: all})
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	var holders []string
+	var why []string
+	for i, f := range fronts {
+		if errs[i] == nil {
+			holders = append(holders, f.GRPCAddr)
+		} else {
+			why = append(why, f.Name+": "+status.Convert(errs[i]).Message())
+		}
+	}
+	need := min(2, len(fronts))
+	if len(holders) < need {
+		return nil, status.Errorf(codes.FailedPrecondition, "artifact %.19s is on %d front(s), a deploy needs it on %d (upload it again): %s",
+			digest, len(holders), need, strings.Join(why, "; "))
+	}
+	return holders, nil
 }

@@ -1,5 +1,9 @@
 // Package control is the Control gRPC API on a front: artifact upload and
-// fetch, deploy, status and the member list.
+// fetch, deploy, status and the member list; and the leader's duties (the
+// Raft configuration follows gossip, nodes converge on their assignments).
+//
+// Writes to the desired state happen on the Raft leader only: a follower
+// forwards a write call (a deploy) to the leader and relays its answer.
 package control
 
 import (
@@ -24,7 +28,9 @@ import (
 type Service struct {
 	herdv1.UnimplementedControlServer
 
-	Log       *slog.Logger
+	Log *slog.Logger
+	// Name is this front's member name (its Raft server id).
+	Name      string
 	State     *state.Store
 	Artifacts *release.Store
 	Cluster   *cluster.Cluster
@@ -40,6 +46,17 @@ type Service struct {
 	// Prepare readies the front for a release before any node moves; an
 	// error fails the deploy. May be nil.
 	Prepare func(*herdv1.Release) error
+	// MaxVoters is how many fronts vote in Raft (default 3); more fronts
+	// join as non-voters and are promoted when a voter goes.
+	MaxVoters int
+	// RemoveAfter is how long a front may be gone from gossip before the
+	// leader removes it from the Raft configuration (default 10 min).
+	RemoveAfter time.Duration
+
+	// active holds the rollouts this process runs now (app -> rollout id),
+	// so a new leader tells them from those an old leader left behind.
+	active sync.Map
+	lead   leaderState
 }
 
 // Agents keeps one gRPC connection per node address. Safe for concurrent use.
@@ -50,6 +67,23 @@ type Agents struct {
 
 // Client returns an Agent client for a node's gRPC address.
 func (a *Agents) Client(addr string) (herdv1.AgentClient, error) {
+	conn, err := a.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	return herdv1.NewAgentClient(conn), nil
+}
+
+// Control returns a Control client for another front's gRPC address.
+func (a *Agents) Control(addr string) (herdv1.ControlClient, error) {
+	conn, err := a.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	return herdv1.NewControlClient(conn), nil
+}
+
+func (a *Agents) conn(addr string) (*grpc.ClientConn, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.conns == nil {
@@ -64,7 +98,7 @@ func (a *Agents) Client(addr string) (herdv1.AgentClient, error) {
 		}
 		a.conns[addr] = conn
 	}
-	return herdv1.NewAgentClient(conn), nil
+	return conn, nil
 }
 
 // FetchState gets a node's state over gRPC; it is the cluster's Fetch hook.
@@ -110,7 +144,7 @@ func (s *Service) Status(ctx context.Context, req *herdv1.StatusRequest) (*herdv
 	if req.GetWorkers() {
 		workers = s.nodeWorkers(ctx, nodes)
 	}
-	resp := &herdv1.StatusResponse{}
+	resp := &herdv1.StatusResponse{State: s.State.Info()}
 	for _, rel := range s.State.List() {
 		as := &herdv1.AppStatus{Release: rel}
 		for _, n := range nodes {
@@ -183,7 +217,15 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var notLeader *state.NotLeaderError
+	var busy *state.BusyError
 	switch {
+	case errors.As(err, &notLeader):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.As(err, &busy):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, state.ErrConflict):
+		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, errInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, state.ErrNotFound):
@@ -194,4 +236,21 @@ func toStatus(err error) error {
 		return status.Error(codes.Canceled, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// ReportState takes a node's state from the node itself (see the Agent's
+// report loop). It must come from a known node and name the node's own
+// address; an older generation than the one known changes nothing.
+func (s *Service) ReportState(_ context.Context, req *herdv1.ReportStateRequest) (*herdv1.ReportStateResponse, error) {
+	st := req.GetState()
+	for _, m := range s.Cluster.Members() {
+		if m.Name == st.GetNode() && m.Role == herdv1.Role_ROLE_NODE {
+			if st.GetAddress() != m.Addr {
+				return nil, status.Errorf(codes.PermissionDenied, "node %s reports address %s, gossip says %s", st.GetNode(), st.GetAddress(), m.Addr)
+			}
+			s.Cluster.PutState(st)
+			return &herdv1.ReportStateResponse{}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "no node %q in this front's view of the cluster yet", st.GetNode())
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,8 +20,9 @@ import (
 )
 
 var (
-	token    = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_|~-]+$`)
-	hostName = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+	token     = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_|~-]+$`)
+	labelPart = regexp.MustCompile(`^[A-Za-z0-9._/-]{1,63}$`)
+	hostName  = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
 // validateSpec rejects a spec that could never run or route, saying which
@@ -64,6 +66,11 @@ func validateSpec(spec *herdv1.AppSpec) error {
 	if d := spec.GetQueueTimeout().AsDuration(); d < 0 {
 		return fmt.Errorf("%w: --queue-timeout %v must not be negative", errInvalid, d)
 	}
+	for k, v := range spec.GetSelector() {
+		if !labelPart.MatchString(k) || !labelPart.MatchString(v) {
+			return fmt.Errorf("%w: --selector %s=%s: keys and values are letters, digits, '-', '_', '.' and '/'", errInvalid, k, v)
+		}
+	}
 	for _, h := range spec.GetHosts() {
 		if !hostName.MatchString(h) {
 			return fmt.Errorf("%w: --host %q: want a lower-case host name or *.domain", errInvalid, h)
@@ -72,9 +79,11 @@ func validateSpec(spec *herdv1.AppSpec) error {
 	return nil
 }
 
-// Deploy runs the release on every live node at once and commits it as the
-// app's release when all of them run it healthy. A node that fails keeps
-// its previous release serving; the error names each failed node and why.
+// Deploy runs the release on every live node the app's selector picks, all
+// at once, and makes it the app's release when all of them run it healthy.
+// A node that fails keeps its previous release serving; the error names
+// each failed node and why. A follower forwards the call to the Raft
+// leader, which runs the rollout.
 func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_DeployServer) error {
 	spec := req.GetSpec()
 	if err := validateSpec(spec); err != nil {
@@ -83,20 +92,48 @@ func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_Deploy
 	if !release.ValidDigest(req.GetDigest()) {
 		return toStatus(fmt.Errorf("%w: digest %q is not a sha256", errInvalid, req.GetDigest()))
 	}
-	if _, ok := s.Artifacts.Has(req.GetDigest()); !ok {
-		return status.Errorf(codes.FailedPrecondition, "artifact %s was not uploaded to this front", req.GetDigest())
+	leader, ctx, self, err := s.leaderControl(stream.Context())
+	if err != nil {
+		return err
 	}
-	nodes := s.liveNodes()
+	if !self {
+		return s.forwardDeploy(ctx, leader, req, stream)
+	}
+	// The artifact must be on at least two fronts (all, if fewer) before
+	// anything moves: a front lost with the only copy must not leave nodes
+	// unable to fetch their release.
+	sources, err := s.replicate(ctx, req.GetDigest())
+	if err != nil {
+		return err
+	}
+	nodes := selectNodes(s.liveNodes(), spec.GetSelector())
 	if len(nodes) == 0 {
+		if len(spec.GetSelector()) > 0 {
+			return status.Errorf(codes.FailedPrecondition, "no live node has the labels %s (--selector)", formatLabels(spec.GetSelector()))
+		}
 		return status.Error(codes.FailedPrecondition, "no live nodes in the cluster to deploy to")
 	}
-	rel, changed, err := s.State.Prepare(spec, req.GetDigest())
+	ro, err := s.State.Begin(spec, req.GetDigest(), s.Name, req.GetForce())
 	if err != nil {
 		return toStatus(err)
 	}
+	s.active.Store(spec.GetName(), ro.GetId())
+	defer s.active.CompareAndDelete(spec.GetName(), ro.GetId())
+	rel, changed := ro.GetRelease(), ro.GetChanged()
+	finish := func(results []*herdv1.NodeResult, cause string) error {
+		err := s.State.Finish(&herdv1.FinishRollout{App: rel.GetApp(), Rollout: ro.GetId(), Ok: cause == "", Nodes: results, Error: cause})
+		if err != nil {
+			return status.Errorf(status.Code(toStatus(err)), "deploy of %s %s: recording the outcome failed: %v", rel.GetApp(), rel.GetId(), err)
+		}
+		return nil
+	}
 	if s.Prepare != nil {
 		if err := s.Prepare(rel); err != nil {
-			return status.Errorf(codes.FailedPrecondition, "deploy of %s %s refused by the front: %v", rel.GetApp(), rel.GetId(), err)
+			cause := fmt.Sprintf("refused by front %s: %v", s.Name, err)
+			if ferr := finish(nil, cause); ferr != nil {
+				return ferr
+			}
+			return status.Errorf(codes.FailedPrecondition, "deploy of %s %s %s", rel.GetApp(), rel.GetId(), cause)
 		}
 	}
 	timeout := s.DeployTimeout
@@ -114,14 +151,16 @@ func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_Deploy
 		err  error
 	}
 	results := make(chan outcome, len(nodes))
-	ctx := stream.Context()
+	// The rollout runs to its verdict even if the client goes away.
+	applyCtx := context.WithoutCancel(ctx)
 	for _, n := range nodes {
 		go func() {
-			results <- outcome{n.Name, s.applyOn(ctx, n, rel, timeout)}
+			results <- outcome{n.Name, s.applyOn(applyCtx, n, rel, sources, timeout)}
 		}()
 	}
 	res := &herdv1.DeployResult{Release: rel, Changed: changed}
 	var failed []string
+	var sendErr error
 	for range nodes {
 		o := <-results
 		nr := &herdv1.NodeResult{Node: o.node, Ok: o.err == nil}
@@ -133,27 +172,65 @@ func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_Deploy
 			log.Warn("deploy failed on node", "node", o.node, "err", nr.Error)
 		}
 		res.Nodes = append(res.Nodes, nr)
-		if err := stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Progress{
-			Progress: &herdv1.DeployProgress{Node: o.node, Message: msg},
-		}}); err != nil {
-			return err
+		if sendErr == nil {
+			// A client gone mid-way does not stop the rollout half done:
+			// it runs to its verdict, which goes into the state.
+			sendErr = stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Progress{
+				Progress: &herdv1.DeployProgress{Node: o.node, Message: msg},
+			}})
 		}
 	}
 	if len(failed) > 0 {
-		return status.Errorf(codes.Aborted, "deploy of %s %s failed on %d of %d nodes (their previous release keeps serving): %s",
-			rel.GetApp(), rel.GetId(), len(failed), len(nodes), strings.Join(failed, "; "))
+		cause := fmt.Sprintf("failed on %d of %d nodes: %s", len(failed), len(nodes), strings.Join(failed, "; "))
+		if err := finish(res.GetNodes(), cause); err != nil {
+			return err
+		}
+		return status.Errorf(codes.Aborted, "deploy of %s %s %s (their previous release keeps serving)", rel.GetApp(), rel.GetId(), cause)
 	}
-	if err := s.State.Commit(rel); err != nil {
-		return toStatus(err)
+	if err := finish(res.GetNodes(), ""); err != nil {
+		return err
 	}
 	if s.OnCommit != nil {
 		s.OnCommit()
 	}
 	log.Info("deployed", "nodes", len(nodes), "changed", changed)
+	if sendErr != nil {
+		return sendErr
+	}
 	return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: res}})
 }
 
-func (s *Service) applyOn(ctx context.Context, n cluster.NodeView, rel *herdv1.Release, timeout time.Duration) error {
+// selectNodes keeps the nodes whose labels hold every key=value of the
+// selector.
+func selectNodes(nodes []cluster.NodeView, selector map[string]string) []cluster.NodeView {
+	var out []cluster.NodeView
+	for _, n := range nodes {
+		if matches(selector, n.State.GetLabels()) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func matches(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func formatLabels(m map[string]string) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, k+"="+v)
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
+
+func (s *Service) applyOn(ctx context.Context, n cluster.NodeView, rel *herdv1.Release, sources []string, timeout time.Duration) error {
 	c, err := s.Agents.Client(n.GRPCAddr)
 	if err != nil {
 		return err
@@ -164,7 +241,7 @@ func (s *Service) applyOn(ctx context.Context, n cluster.NodeView, rel *herdv1.R
 	defer cancel()
 	resp, err := c.Apply(ctx, &herdv1.ApplyRequest{
 		Release:         rel,
-		ArtifactSources: []string{s.Self},
+		ArtifactSources: sources,
 		Timeout:         durationpb.New(timeout),
 	})
 	if err != nil {

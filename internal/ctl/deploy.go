@@ -41,6 +41,8 @@ type deployOptions struct {
 	hsts         bool
 	rateLimit    float64
 	rateBurst    uint32
+	selector     []string
+	force        bool
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -49,12 +51,14 @@ func newDeployCmd(g *globals, stdio IO) *cobra.Command {
 		Use:   "deploy APP DIR --cmd '...'",
 		Short: "Pack DIR and run it as APP on every node",
 		Long: `Pack DIR as a release artifact (tar.gz, named by its sha256), upload it
-to a front unless the front already has it, and run it on every node:
+to a front unless the front already has it (the fronts copy it among
+themselves), and run it on every node (or those --selector picks):
 COMMAND runs as /bin/sh -c COMMAND in the release directory with HOST and
 PORT to bind, plus HERD_APP, HERD_RELEASE, HERD_WORKER and HERD_NODE. Write
 it in single quotes so that $PORT expands in the worker, not in your shell.
 The deploy succeeds once every node runs the release healthy; a node that
-fails keeps its previous release serving.`,
+fails keeps its previous release serving. One deploy of an app runs at a
+time: another is refused while it runs, unless --force supersedes it.`,
 		Example: `  herdctl deploy hello ./build --cmd 'exec ./hello' --workers 2 --host hello.localhost --health /healthz`,
 		Args:    exactArgs("APP", "DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -84,6 +88,8 @@ fails keeps its previous release serving.`,
 	f.Uint32Var(&o.rateBurst, "rate-burst", 10, "requests a client may make at once above --rate-limit")
 	f.BoolVar(&o.hsts, "hsts", false, "fronts send Strict-Transport-Security (one year) over HTTPS")
 	f.StringVar(&o.cache, "cache", "off", "on: fronts cache the app's cacheable responses (Cache-Control, Expires)")
+	f.StringArrayVar(&o.selector, "selector", nil, "`k=v[,k=v]`: run only on nodes whose --labels hold all of these (repeatable)")
+	f.BoolVar(&o.force, "force", false, "supersede a deploy of the app that is in progress instead of being refused")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 0, "how long a worker may take to stop after SIGTERM before it is killed (0: the node's default, 30s)")
 	return cmd
 }
@@ -125,6 +131,16 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--max-body %q: %w", o.maxBody, err)}
 	}
+	selector := map[string]string{}
+	for _, sel := range o.selector {
+		for kv := range strings.SplitSeq(sel, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return nil, usageError{fmt.Errorf("--selector %q: want k=v[,k=v]", sel)}
+			}
+			selector[k] = v
+		}
+	}
 	hosts := make([]string, len(o.hosts))
 	for i, h := range o.hosts {
 		hosts[i] = strings.ToLower(h)
@@ -152,6 +168,7 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		Hsts:          o.hsts,
 		RateLimit:     o.rateLimit,
 		RateBurst:     o.rateBurst,
+		Selector:      selector,
 	}, nil
 }
 
@@ -183,7 +200,7 @@ func (o *deployOptions) run(ctx context.Context, g *globals, stdio IO) error {
 		if err := upload(ctx, c, art, digest, size, progress); err != nil {
 			return err
 		}
-		stream, err := c.Deploy(ctx, &herdv1.DeployRequest{Spec: spec, Digest: digest, Timeout: durationpb.New(o.timeout)})
+		stream, err := c.Deploy(ctx, &herdv1.DeployRequest{Spec: spec, Digest: digest, Timeout: durationpb.New(o.timeout), Force: o.force})
 		if err != nil {
 			return err
 		}

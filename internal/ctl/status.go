@@ -64,6 +64,9 @@ func printWorkers(w io.Writer, resp *herdv1.StatusResponse) error {
 }
 
 func printStatus(w io.Writer, resp *herdv1.StatusResponse) error {
+	if st := resp.GetState(); st != nil {
+		fmt.Fprintln(w, freshness(st))
+	}
 	if len(resp.GetApps()) == 0 {
 		_, err := fmt.Fprintln(w, "no apps deployed")
 		return err
@@ -91,4 +94,16 @@ func printStatus(w io.Writer, resp *herdv1.StatusResponse) error {
 		}
 	}
 	return t.flush()
+}
+
+// freshness says where the desired state shown comes from.
+func freshness(st *herdv1.StateInfo) string {
+	switch {
+	case st.GetRaftState() == "leader":
+		return fmt.Sprintf("desired state from %s, the raft leader (index %d)", st.GetFront(), st.GetAppliedIndex())
+	case st.GetLeader() == "":
+		return fmt.Sprintf("desired state from %s (%s, NO LEADER: may be stale; index %d)", st.GetFront(), st.GetRaftState(), st.GetAppliedIndex())
+	}
+	return fmt.Sprintf("desired state from %s (%s of %s, last contact %s ago, index %d)", st.GetFront(), st.GetRaftState(),
+		st.GetLeader(), st.GetLastContact().AsDuration().Round(time.Millisecond), st.GetAppliedIndex())
 }

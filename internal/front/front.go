@@ -53,6 +53,13 @@ type Config struct {
 	Gossip    string
 	Advertise string
 	Join      []string
+	// Raft is the listener host:port of the fronts' Raft transport.
+	Raft string
+	// RaftVoters is how many fronts vote (default 3); RaftRemoveAfter is
+	// how long a front may be gone before the leader removes it from the
+	// Raft configuration (default 10 min).
+	RaftVoters      int
+	RaftRemoveAfter time.Duration
 	// DeployTimeout bounds how long nodes may take to run a release healthy.
 	DeployTimeout time.Duration
 	// AccessLog is "off", "stdout" or a file path; AccessLogFormat is
@@ -75,7 +82,7 @@ func (c *Config) Validate() error {
 	if c.Name == "" {
 		return errors.New("--name is required (the host name is unknown)")
 	}
-	for _, f := range []struct{ flag, addr string }{{"--http", c.HTTP}, {"--grpc", c.GRPC}, {"--gossip", c.Gossip}} {
+	for _, f := range []struct{ flag, addr string }{{"--http", c.HTTP}, {"--grpc", c.GRPC}, {"--gossip", c.Gossip}, {"--raft", c.Raft}} {
 		if _, _, err := net.SplitHostPort(f.addr); err != nil {
 			return fmt.Errorf("%s %q: want HOST:PORT", f.flag, f.addr)
 		}
@@ -136,10 +143,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
-	st, err := state.Open(cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("--data-dir: %w", err)
-	}
 	artifacts, err := release.OpenStore(filepath.Join(cfg.DataDir, "artifacts"))
 	if err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
@@ -156,6 +159,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("--grpc: %w", err)
 	}
 	defer grpcLis.Close()
+	raftLis, err := lc.Listen(ctx, "tcp", cfg.Raft)
+	if err != nil {
+		return fmt.Errorf("--raft: %w", err)
+	}
+	defer raftLis.Close()
 	var httpsLis net.Listener
 	var certs *certStore
 	if cfg.HTTPS != "" {
@@ -182,6 +190,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	grpcAddr := net.JoinHostPort(host, strconv.Itoa(grpcLis.Addr().(*net.TCPAddr).Port))
+	raftAddr := net.JoinHostPort(host, strconv.Itoa(raftLis.Addr().(*net.TCPAddr).Port))
 
 	accessLog, closeLog, err := openAccessLog(cfg.AccessLog)
 	if err != nil {
@@ -216,6 +225,7 @@ func Run(ctx context.Context, cfg Config) error {
 	files := newReleaseFiles(cfg.DataDir, artifacts, log)
 	defer files.close()
 	var refreshMu sync.Mutex
+	var st *state.Store // set before gossip or Raft can call refresh
 	refresh := func() {
 		cl := clp.Load()
 		if cl == nil {
@@ -230,12 +240,52 @@ func Run(ctx context.Context, cfg Config) error {
 		acks.applied(nodes)
 	}
 	files.onReady = refresh
+	// The desired state changes on Raft's goroutine; routes are rebuilt on
+	// another, coalescing bursts of changes.
+	stateChanged := make(chan struct{}, 1)
+	// The first front (started without --join) makes a one-voter cluster;
+	// the others wait for the leader to add them when gossip shows them.
+	st, err = state.Open(state.Config{
+		Dir:       cfg.DataDir,
+		ID:        cfg.Name,
+		Stream:    state.TCPStream(raftLis, raftAddr),
+		Bootstrap: len(cfg.Join) == 0,
+		Logger:    log,
+		OnChange: func() {
+			select {
+			case stateChanged <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	stateOpen := true
+	defer func() {
+		if stateOpen {
+			st.Close()
+		}
+	}()
+	stateCtx, stopState := context.WithCancel(context.Background())
+	defer stopState()
+	go func() {
+		for {
+			select {
+			case <-stateCtx.Done():
+				return
+			case <-stateChanged:
+				refresh()
+			}
+		}
+	}()
 	cl, err := cluster.New(cluster.Config{
 		Name:      cfg.Name,
 		Role:      herdv1.Role_ROLE_FRONT,
 		Bind:      cfg.Gossip,
 		Advertise: host,
 		GRPCAddr:  grpcAddr,
+		RaftAddr:  raftAddr,
 		Logger:    log,
 		Fetch:     agents.FetchState,
 		OnChange:  func() { refresh() },
@@ -248,6 +298,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 	svc := &control.Service{
 		Log:           log,
+		Name:          cfg.Name,
+		MaxVoters:     cfg.RaftVoters,
+		RemoveAfter:   cfg.RaftRemoveAfter,
 		State:         st,
 		Artifacts:     artifacts,
 		Cluster:       cl,
@@ -286,7 +339,7 @@ func Run(ctx context.Context, cfg Config) error {
 	errc := make(chan error, 4)
 	go func() { errc <- serveErr("grpc", gs.Serve(grpcLis)) }()
 	go func() { errc <- serveErr("http", hs.Serve(httpguard.Listener(httpLis))) }()
-	addrs := map[string]string{"http": httpLis.Addr().String(), "grpc": grpcAddr, "gossip": cl.GossipAddr()}
+	addrs := map[string]string{"http": httpLis.Addr().String(), "grpc": grpcAddr, "gossip": cl.GossipAddr(), "raft": raftAddr}
 	var hss *http.Server
 	if httpsLis != nil {
 		hss = &http.Server{
@@ -325,6 +378,25 @@ func Run(ctx context.Context, cfg Config) error {
 	ackCtx, stopAcks := context.WithCancel(context.Background())
 	defer stopAcks()
 	go acks.run(ackCtx)
+	// The leader's duties run while this front leads.
+	go func() {
+		stopLeading := func() {}
+		defer func() { stopLeading() }()
+		for {
+			select {
+			case <-stateCtx.Done():
+				return
+			case leading := <-st.LeaderCh():
+				stopLeading()
+				stopLeading = func() {}
+				if leading {
+					lctx, cancel := context.WithCancel(stateCtx)
+					stopLeading = cancel
+					go svc.RunLeader(lctx)
+				}
+			}
+		}
+	}()
 
 	joinCtx, stopJoin := context.WithCancel(ctx)
 	joined := make(chan struct{})
@@ -338,6 +410,8 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 		log.Error("listener failed", "err", runErr)
+	case other := <-cl.Conflict():
+		runErr = fmt.Errorf("another live member named %q gossips from %s: member names must be unique (--name)", cfg.Name, other)
 	}
 	stopJoin()
 	<-joined
@@ -367,6 +441,12 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-shutCtx.Done():
 		gs.Stop()
 	}
+	// A leader hands over first, so writes go on without an election.
+	stopState()
+	if err := st.Close(); err != nil {
+		log.Warn("raft shutdown", "err", err)
+	}
+	stateOpen = false
 	if err := cl.Leave(2 * time.Second); err != nil {
 		log.Warn("leave cluster", "err", err)
 	}

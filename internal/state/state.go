@@ -1,180 +1,432 @@
-// Package state holds the cluster's desired state on a front: each app's
-// current release (spec + artifact digest) and the release counter.
+// Package state is the cluster's desired state, replicated among the fronts
+// by Raft (hashicorp/raft, log and snapshots in raft-boltdb and files under
+// each front's data dir): every app's current release, the release being
+// rolled out, each node's assignment (which release it should run of each
+// app) and the release history.
 //
-// Today it is a file in the front's data dir, written atomically; the Raft
-// issue replaces the storage behind the same methods so that every front
-// agrees on it.
+// Only the leader writes; a write on a follower fails with a
+// *NotLeaderError that names the leader, and the Control API forwards the
+// call there. Reads come from the local copy; Info says how fresh it is.
 package state
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 )
 
-// ErrNotFound is returned for an app the store does not hold.
-var ErrNotFound = errors.New("no such app")
+var (
+	// ErrNotFound is returned for an app or release the state does not hold.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict is returned when a write lost a race with another (a
+	// rollout in progress, a superseded rollout).
+	ErrConflict = errors.New("conflict")
+)
 
-// Store is the desired state. Safe for concurrent use.
-type Store struct {
-	path string
-
-	mu   sync.Mutex
-	apps map[string]*appRecord
+// NotLeaderError is returned by a write on a front that is not the leader.
+type NotLeaderError struct {
+	// Leader is the leader's server id (front name), empty if none is known.
+	Leader string
 }
 
-// appRecord is one app's entry: the current release and the last release
-// number handed out (numbers are never reused, even after a failed deploy).
-type appRecord struct {
-	Current *herdv1.Release
-	LastID  int
-}
-
-// storedApp is one app in the file; the release is protojson, so the file
-// reads well and survives field additions.
-type storedApp struct {
-	App     string          `json:"app"`
-	LastID  int             `json:"last_id"`
-	Current json.RawMessage `json:"current,omitempty"`
-}
-
-// Open loads the store from dir/apps.json, creating it empty if absent.
-func Open(dir string) (*Store, error) {
-	s := &Store{path: filepath.Join(dir, "apps.json"), apps: map[string]*appRecord{}}
-	b, err := os.ReadFile(s.path)
-	if errors.Is(err, os.ErrNotExist) {
-		return s, nil
+func (e *NotLeaderError) Error() string {
+	if e.Leader == "" {
+		return "no Raft leader among the fronts (is a quorum of them up?)"
 	}
-	if err != nil {
+	return "this front is not the Raft leader; the leader is " + e.Leader
+}
+
+// BusyError refuses a rollout while another of the same app is in progress.
+type BusyError struct{ Rollout *herdv1.Rollout }
+
+func (e *BusyError) Error() string {
+	r := e.Rollout
+	return fmt.Sprintf("a deploy of %s %s is in progress (started %s ago by front %s): wait for it, or pass --force to supersede it",
+		r.GetRelease().GetApp(), r.GetRelease().GetId(), time.Since(r.GetStarted().AsTime()).Round(time.Second), r.GetFront())
+}
+
+func (e *BusyError) Unwrap() error { return ErrConflict }
+
+// Config sets up a front's Raft member.
+type Config struct {
+	// Dir holds the Raft log (raft.db) and snapshots.
+	Dir string
+	// ID is the front's name, its Raft server id.
+	ID string
+	// Stream carries Raft's traffic; TCPStream is the plain one.
+	Stream raft.StreamLayer
+	// Bootstrap starts a single-voter cluster when Dir holds no state yet
+	// (the first front). Otherwise the front waits to be added by the
+	// leader.
+	Bootstrap bool
+	Logger    *slog.Logger
+	// OnChange is called after the state changed (from Raft's goroutine;
+	// it must not block).
+	OnChange func()
+}
+
+// Store is a front's copy of the desired state. Safe for concurrent use.
+type Store struct {
+	id    string
+	raft  *raft.Raft
+	fsm   *fsm
+	trans *raft.NetworkTransport
+	bolt  *raftboltdb.BoltStore
+}
+
+// Open starts this front's Raft member.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	dir := filepath.Join(cfg.Dir, "raft")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	var apps []storedApp
-	if err := json.Unmarshal(b, &apps); err != nil {
-		return nil, fmt.Errorf("read %s: %w", s.path, err)
+	hl := newHCLog(cfg.Logger)
+	bolt, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft.db"))
+	if err != nil {
+		return nil, fmt.Errorf("open raft log: %w", err)
 	}
-	for _, a := range apps {
-		r := &appRecord{LastID: a.LastID}
-		if len(a.Current) > 0 {
-			r.Current = &herdv1.Release{}
-			if err := protojson.Unmarshal(a.Current, r.Current); err != nil {
-				return nil, fmt.Errorf("read %s: app %s: %w", s.path, a.App, err)
-			}
+	logs, err := raft.NewLogCache(512, bolt)
+	if err != nil {
+		bolt.Close()
+		return nil, err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl)
+	if err != nil {
+		bolt.Close()
+		return nil, fmt.Errorf("open raft snapshots: %w", err)
+	}
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  cfg.Stream,
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hl,
+	})
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hl
+	// A state change is small; snapshot often enough that a front that was
+	// away catches up from a snapshot rather than a long log.
+	rc.SnapshotThreshold = 1024
+	rc.TrailingLogs = 1024
+
+	f := newFSM()
+	f.onChange = cfg.OnChange
+	existing, err := raft.HasExistingState(logs, bolt, snaps)
+	if err != nil {
+		bolt.Close()
+		trans.Close()
+		return nil, err
+	}
+	r, err := raft.NewRaft(rc, f, logs, bolt, snaps, trans)
+	if err != nil {
+		bolt.Close()
+		trans.Close()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	s := &Store{id: cfg.ID, raft: r, fsm: f, trans: trans, bolt: bolt}
+	if !existing && cfg.Bootstrap {
+		err := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter, ID: raft.ServerID(cfg.ID), Address: trans.LocalAddr(),
+		}}}).Error()
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("bootstrap raft: %w", err)
 		}
-		s.apps[a.App] = r
 	}
 	return s, nil
 }
 
-// Get returns the app's current release.
-func (s *Store) Get(app string) (*herdv1.Release, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := s.apps[app]
-	if r == nil || r.Current == nil {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, app)
+// Close stops the member, handing leadership to another voter first so
+// that writes go on without waiting for an election timeout.
+func (s *Store) Close() error {
+	if s.raft.State() == raft.Leader && s.voters() > 1 {
+		if err := s.raft.LeadershipTransfer().Error(); err != nil {
+			slog.Debug("raft leadership transfer", "err", err)
+		}
 	}
-	return proto.CloneOf(r.Current), nil
+	err := s.raft.Shutdown().Error()
+	s.trans.Close()
+	s.bolt.Close()
+	return err
+}
+
+func (s *Store) voters() int {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	n := 0
+	for _, sv := range f.Configuration().Servers {
+		if sv.Suffrage == raft.Voter {
+			n++
+		}
+	}
+	return n
+}
+
+// ID is this front's server id.
+func (s *Store) ID() string { return s.id }
+
+// IsLeader says whether this front is the leader now.
+func (s *Store) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Leader is the leader's server id, empty when none is known.
+func (s *Store) Leader() string {
+	_, id := s.raft.LeaderWithID()
+	return string(id)
+}
+
+// LeaderCh delivers true when this front becomes the leader and false when
+// it stops being it (the latest value only; one reader).
+func (s *Store) LeaderCh() <-chan bool { return s.raft.LeaderCh() }
+
+// Barrier waits until everything the log holds is applied here (a new
+// leader calls it before it acts on its state).
+func (s *Store) Barrier(timeout time.Duration) error { return s.raft.Barrier(timeout).Error() }
+
+// Info says how fresh this front's copy of the state is.
+func (s *Store) Info() *herdv1.StateInfo {
+	st := s.raft.State()
+	info := &herdv1.StateInfo{
+		Front:        s.id,
+		RaftState:    strings.ToLower(st.String()),
+		Leader:       s.Leader(),
+		AppliedIndex: s.raft.AppliedIndex(),
+	}
+	if st != raft.Leader {
+		if t := s.raft.LastContact(); !t.IsZero() {
+			info.LastContact = durationpb.New(time.Since(t))
+		}
+	}
+	return info
+}
+
+// Get returns an app's current release.
+func (s *Store) Get(app string) (*herdv1.Release, error) {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	a := s.fsm.apps[app]
+	if a.GetCurrent() == nil {
+		return nil, fmt.Errorf("%w: no app %s", ErrNotFound, app)
+	}
+	return proto.CloneOf(a.GetCurrent()), nil
 }
 
 // List returns every app's current release, sorted by app name.
 func (s *Store) List() []*herdv1.Release {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
 	var out []*herdv1.Release
-	for _, r := range s.apps {
-		if r.Current != nil {
-			out = append(out, proto.CloneOf(r.Current))
+	for _, a := range s.fsm.apps {
+		if a.GetCurrent() != nil {
+			out = append(out, proto.CloneOf(a.GetCurrent()))
 		}
 	}
 	slices.SortFunc(out, func(a, b *herdv1.Release) int { return strings.Compare(a.GetApp(), b.GetApp()) })
 	return out
 }
 
-// Prepare returns the release that deploying spec with digest makes: the
-// current one when nothing changed (changed=false), the current one with
-// the new worker count when only that changed, else a new one with the
-// next id. Nothing is recorded until Commit.
-func (s *Store) Prepare(spec *herdv1.AppSpec, digest string) (rel *herdv1.Release, changed bool, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := s.apps[spec.GetName()]
-	if r == nil {
-		r = &appRecord{}
-		s.apps[spec.GetName()] = r
-	}
-	if r.Current != nil && r.Current.GetDigest() == digest {
-		if proto.Equal(r.Current.GetSpec(), spec) {
-			return proto.CloneOf(r.Current), false, nil
-		}
-		// Only the worker count differs: the same release, scaled (nodes
-		// add or remove workers and leave the others alone).
-		a, b := proto.CloneOf(r.Current.GetSpec()), proto.CloneOf(spec)
-		a.Workers, b.Workers = 0, 0
-		if proto.Equal(a, b) {
-			rel = proto.CloneOf(r.Current)
-			rel.Spec = proto.CloneOf(spec)
-			return rel, true, nil
+// Rollouts returns the rollouts in progress.
+func (s *Store) Rollouts() []*herdv1.Rollout {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	var out []*herdv1.Rollout
+	for _, a := range s.fsm.apps {
+		if a.GetRollout() != nil {
+			out = append(out, proto.CloneOf(a.GetRollout()))
 		}
 	}
-	r.LastID++
-	rel = &herdv1.Release{
-		App:     spec.GetName(),
-		Id:      "v" + strconv.Itoa(r.LastID),
-		Digest:  digest,
-		Spec:    proto.CloneOf(spec),
-		Created: timestamppb.New(time.Now()),
-	}
-	// The id is spent even if the deploy fails, so ids stay unique.
-	return rel, true, s.saveLocked()
+	slices.SortFunc(out, func(a, b *herdv1.Rollout) int {
+		return strings.Compare(a.GetRelease().GetApp(), b.GetRelease().GetApp())
+	})
+	return out
 }
 
-// Commit makes rel the app's current release.
-func (s *Store) Commit(rel *herdv1.Release) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := s.apps[rel.GetApp()]
-	if r == nil {
-		r = &appRecord{}
-		s.apps[rel.GetApp()] = r
+// History returns an app's finished rollouts, oldest first.
+func (s *Store) History(app string) []*herdv1.HistoryEntry {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	var out []*herdv1.HistoryEntry
+	for _, h := range s.fsm.apps[app].GetHistory() {
+		out = append(out, proto.CloneOf(h))
 	}
-	r.Current = proto.CloneOf(rel)
-	return s.saveLocked()
+	return out
 }
 
-func (s *Store) saveLocked() error {
-	apps := make([]storedApp, 0, len(s.apps))
-	for name, r := range s.apps {
-		a := storedApp{App: name, LastID: r.LastID}
-		if r.Current != nil {
-			b, err := protojson.Marshal(r.Current)
-			if err != nil {
-				return err
-			}
-			a.Current = b
-		}
-		apps = append(apps, a)
+// Assigned returns the release a node should run of an app, nil if none
+// is assigned.
+func (s *Store) Assigned(node, app string) *herdv1.Release {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	id, ok := s.fsm.nodes[node].GetAssignments()[app]
+	if !ok {
+		return nil
 	}
-	slices.SortFunc(apps, func(a, b storedApp) int { return strings.Compare(a.App, b.App) })
-	b, err := json.MarshalIndent(apps, "", "  ")
+	if r := s.fsm.release(app, id); r != nil {
+		return proto.CloneOf(r)
+	}
+	return nil
+}
+
+// Assignment returns every release assigned to a node, sorted by app.
+func (s *Store) Assignment(node string) []*herdv1.Release {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	var out []*herdv1.Release
+	for app, id := range s.fsm.nodes[node].GetAssignments() {
+		if r := s.fsm.release(app, id); r != nil {
+			out = append(out, proto.CloneOf(r))
+		}
+	}
+	slices.SortFunc(out, func(a, b *herdv1.Release) int { return strings.Compare(a.GetApp(), b.GetApp()) })
+	return out
+}
+
+// Begin records a rollout of spec with the artifact digest, run by front:
+// the release is new, or the current one when nothing changed (Changed
+// false) or only the worker count did. A rollout of the app in progress
+// refuses it with a *BusyError unless force supersedes it.
+func (s *Store) Begin(spec *herdv1.AppSpec, digest, front string, force bool) (*herdv1.Rollout, error) {
+	res, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_BeginRollout{BeginRollout: &herdv1.BeginRollout{
+		Spec: spec, Digest: digest, Front: front, Force: force,
+	}}})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	tmp := s.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
+	br := res.(beginResult)
+	if br.Busy != nil {
+		return nil, &BusyError{Rollout: br.Busy}
 	}
-	return os.Rename(tmp, s.path)
+	return br.Rollout, nil
 }
+
+// Finish ends a rollout (see herdv1.FinishRollout).
+func (s *Store) Finish(fin *herdv1.FinishRollout) error {
+	_, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_FinishRollout{FinishRollout: fin}})
+	return err
+}
+
+// Assign sets the release a node should run of an app ("" removes it).
+func (s *Store) Assign(node, app, release string) error {
+	_, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_AssignRelease{AssignRelease: &herdv1.AssignRelease{
+		Node: node, App: app, Release: release,
+	}}})
+	return err
+}
+
+// apply commits a command through the log and returns what the state
+// machine made of it.
+func (s *Store) apply(cmd *herdv1.StateCommand) (any, error) {
+	if s.raft.State() != raft.Leader {
+		return nil, &NotLeaderError{Leader: s.Leader()}
+	}
+	cmd.Time = timestamppb.Now()
+	b, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	f := s.raft.Apply(b, 10*time.Second)
+	if err := s.leaderErr(f.Error()); err != nil {
+		var nl *NotLeaderError
+		if errors.As(err, &nl) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("raft: %w", err)
+	}
+	if err, ok := f.Response().(error); ok {
+		return nil, err
+	}
+	return f.Response(), nil
+}
+
+// Peer is one front in the Raft configuration.
+type Peer struct {
+	ID, Address string
+	Voter       bool
+}
+
+// Peers returns the Raft configuration.
+func (s *Store) Peers() ([]Peer, error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	var out []Peer
+	for _, sv := range f.Configuration().Servers {
+		out = append(out, Peer{ID: string(sv.ID), Address: string(sv.Address), Voter: sv.Suffrage == raft.Voter})
+	}
+	return out, nil
+}
+
+// AddPeer adds a front (or changes its address, or promotes it to voter);
+// leader only.
+func (s *Store) AddPeer(id, addr string, voter bool) error {
+	var f raft.IndexFuture
+	if voter {
+		f = s.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second)
+	} else {
+		f = s.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second)
+	}
+	return s.leaderErr(f.Error())
+}
+
+// RemovePeer removes a front from the configuration; leader only.
+func (s *Store) RemovePeer(id string) error {
+	return s.leaderErr(s.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error())
+}
+
+func (s *Store) leaderErr(err error) error {
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+		return &NotLeaderError{Leader: s.Leader()}
+	}
+	return err
+}
+
+// TCPStream is Raft's plain TCP transport: lis accepts, advertise is the
+// host:port others dial (lis's own address when empty). The security issue
+// wraps the same interface in mTLS.
+func TCPStream(lis net.Listener, advertise string) raft.StreamLayer {
+	var addr net.Addr = lis.Addr()
+	if advertise != "" {
+		addr = advertiseAddr(advertise)
+	}
+	return &tcpStream{Listener: lis, addr: addr}
+}
+
+type tcpStream struct {
+	net.Listener
+	addr net.Addr
+}
+
+// advertiseAddr is a net.Addr that keeps the address exactly as given.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }
+
+func (t *tcpStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.DialContext(ctx, "tcp", string(addr))
+}
+
+func (t *tcpStream) Addr() net.Addr { return t.addr }

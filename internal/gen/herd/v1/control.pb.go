@@ -411,7 +411,10 @@ type DeployRequest struct {
 	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
 	// How long nodes may take to run the release healthy; 0 means the
 	// front's default.
-	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Supersede a deploy of the app that is in progress instead of being
+	// refused.
+	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -465,6 +468,13 @@ func (x *DeployRequest) GetTimeout() *durationpb.Duration {
 		return x.Timeout
 	}
 	return nil
+}
+
+func (x *DeployRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type DeployResponse struct {
@@ -768,8 +778,11 @@ func (x *StatusRequest) GetWorkers() bool {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Apps          []*AppStatus           `protobuf:"bytes,1,rep,name=apps,proto3" json:"apps,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Apps  []*AppStatus           `protobuf:"bytes,1,rep,name=apps,proto3" json:"apps,omitempty"`
+	// How fresh the answer is: the desired state comes from the answering
+	// front's copy of the Raft log.
+	State         *StateInfo `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -811,6 +824,95 @@ func (x *StatusResponse) GetApps() []*AppStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetState() *StateInfo {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+// StateInfo says which front answered and how fresh its desired state is.
+type StateInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The front that answered.
+	Front string `protobuf:"bytes,1,opt,name=front,proto3" json:"front,omitempty"`
+	// "leader", "follower", "candidate" or "shutdown".
+	RaftState string `protobuf:"bytes,2,opt,name=raft_state,json=raftState,proto3" json:"raft_state,omitempty"`
+	// The leader as this front knows it; empty when there is none.
+	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Index of the last log entry applied to this front's state.
+	AppliedIndex uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// Time since this front last heard from the leader (0 on the leader).
+	LastContact   *durationpb.Duration `protobuf:"bytes,5,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateInfo) Reset() {
+	*x = StateInfo{}
+	mi := &file_herd_v1_control_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateInfo) ProtoMessage() {}
+
+func (x *StateInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateInfo.ProtoReflect.Descriptor instead.
+func (*StateInfo) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StateInfo) GetFront() string {
+	if x != nil {
+		return x.Front
+	}
+	return ""
+}
+
+func (x *StateInfo) GetRaftState() string {
+	if x != nil {
+		return x.RaftState
+	}
+	return ""
+}
+
+func (x *StateInfo) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *StateInfo) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *StateInfo) GetLastContact() *durationpb.Duration {
+	if x != nil {
+		return x.LastContact
+	}
+	return nil
+}
+
 type AppStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The release the cluster should run.
@@ -822,7 +924,7 @@ type AppStatus struct {
 
 func (x *AppStatus) Reset() {
 	*x = AppStatus{}
-	mi := &file_herd_v1_control_proto_msgTypes[14]
+	mi := &file_herd_v1_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +936,7 @@ func (x *AppStatus) String() string {
 func (*AppStatus) ProtoMessage() {}
 
 func (x *AppStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[14]
+	mi := &file_herd_v1_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +949,7 @@ func (x *AppStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppStatus.ProtoReflect.Descriptor instead.
 func (*AppStatus) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{14}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AppStatus) GetRelease() *Release {
@@ -880,7 +982,7 @@ type AppNodeStatus struct {
 
 func (x *AppNodeStatus) Reset() {
 	*x = AppNodeStatus{}
-	mi := &file_herd_v1_control_proto_msgTypes[15]
+	mi := &file_herd_v1_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +994,7 @@ func (x *AppNodeStatus) String() string {
 func (*AppNodeStatus) ProtoMessage() {}
 
 func (x *AppNodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[15]
+	mi := &file_herd_v1_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1007,7 @@ func (x *AppNodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppNodeStatus.ProtoReflect.Descriptor instead.
 func (*AppNodeStatus) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{15}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AppNodeStatus) GetNode() string {
@@ -958,7 +1060,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[16]
+	mi := &file_herd_v1_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1072,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[16]
+	mi := &file_herd_v1_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1085,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{16}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{17}
 }
 
 type ListNodesResponse struct {
@@ -995,7 +1097,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[17]
+	mi := &file_herd_v1_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1109,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[17]
+	mi := &file_herd_v1_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1122,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{17}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListNodesResponse) GetMembers() []*Member {
@@ -1046,7 +1148,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_herd_v1_control_proto_msgTypes[18]
+	mi := &file_herd_v1_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1160,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[18]
+	mi := &file_herd_v1_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1173,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{18}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Member) GetName() string {
@@ -1124,7 +1226,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[19]
+	mi := &file_herd_v1_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1238,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[19]
+	mi := &file_herd_v1_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1251,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{19}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LogsRequest) GetApp() string {
@@ -1196,7 +1298,7 @@ type LogsResponse struct {
 
 func (x *LogsResponse) Reset() {
 	*x = LogsResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[20]
+	mi := &file_herd_v1_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1310,7 @@ func (x *LogsResponse) String() string {
 func (*LogsResponse) ProtoMessage() {}
 
 func (x *LogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[20]
+	mi := &file_herd_v1_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1323,7 @@ func (x *LogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsResponse.ProtoReflect.Descriptor instead.
 func (*LogsResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{20}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LogsResponse) GetLines() []*LogLine {
@@ -1229,6 +1331,521 @@ func (x *LogsResponse) GetLines() []*LogLine {
 		return x.Lines
 	}
 	return nil
+}
+
+type GetAssignmentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAssignmentRequest) Reset() {
+	*x = GetAssignmentRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAssignmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAssignmentRequest) ProtoMessage() {}
+
+func (x *GetAssignmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAssignmentRequest.ProtoReflect.Descriptor instead.
+func (*GetAssignmentRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetAssignmentRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type GetAssignmentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One release per app assigned to the node.
+	Releases []*Release `protobuf:"bytes,1,rep,name=releases,proto3" json:"releases,omitempty"`
+	// gRPC addresses of the fronts, to fetch artifacts from.
+	ArtifactSources []string `protobuf:"bytes,2,rep,name=artifact_sources,json=artifactSources,proto3" json:"artifact_sources,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetAssignmentResponse) Reset() {
+	*x = GetAssignmentResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAssignmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAssignmentResponse) ProtoMessage() {}
+
+func (x *GetAssignmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAssignmentResponse.ProtoReflect.Descriptor instead.
+func (*GetAssignmentResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetAssignmentResponse) GetReleases() []*Release {
+	if x != nil {
+		return x.Releases
+	}
+	return nil
+}
+
+func (x *GetAssignmentResponse) GetArtifactSources() []string {
+	if x != nil {
+		return x.ArtifactSources
+	}
+	return nil
+}
+
+type PullArtifactRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Digest string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	// gRPC addresses of fronts to fetch from, tried in order.
+	Sources       []string `protobuf:"bytes,2,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullArtifactRequest) Reset() {
+	*x = PullArtifactRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullArtifactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullArtifactRequest) ProtoMessage() {}
+
+func (x *PullArtifactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullArtifactRequest.ProtoReflect.Descriptor instead.
+func (*PullArtifactRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PullArtifactRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *PullArtifactRequest) GetSources() []string {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+type PullArtifactResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Size          int64                  `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullArtifactResponse) Reset() {
+	*x = PullArtifactResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullArtifactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullArtifactResponse) ProtoMessage() {}
+
+func (x *PullArtifactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullArtifactResponse.ProtoReflect.Descriptor instead.
+func (*PullArtifactResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PullArtifactResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type ListPeersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPeersRequest) Reset() {
+	*x = ListPeersRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPeersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPeersRequest) ProtoMessage() {}
+
+func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
+func (*ListPeersRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{26}
+}
+
+type ListPeersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peers         []*Peer                `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPeersResponse) Reset() {
+	*x = ListPeersResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPeersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPeersResponse) ProtoMessage() {}
+
+func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPeersResponse.ProtoReflect.Descriptor instead.
+func (*ListPeersResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListPeersResponse) GetPeers() []*Peer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+// Peer is one front in the Raft configuration.
+type Peer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// host:port of its Raft transport.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Voters count for the quorum; non-voters only replicate.
+	Voter  bool `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	Leader bool `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Gossip's view of the front.
+	MemberState   MemberState `protobuf:"varint,5,opt,name=member_state,json=memberState,proto3,enum=herd.v1.MemberState" json:"member_state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Peer) Reset() {
+	*x = Peer{}
+	mi := &file_herd_v1_control_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Peer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Peer) ProtoMessage() {}
+
+func (x *Peer) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Peer.ProtoReflect.Descriptor instead.
+func (*Peer) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Peer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Peer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Peer) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+func (x *Peer) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *Peer) GetMemberState() MemberState {
+	if x != nil {
+		return x.MemberState
+	}
+	return MemberState_MEMBER_STATE_UNSPECIFIED
+}
+
+type RemovePeerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemovePeerRequest) Reset() {
+	*x = RemovePeerRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemovePeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemovePeerRequest) ProtoMessage() {}
+
+func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemovePeerRequest.ProtoReflect.Descriptor instead.
+func (*RemovePeerRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RemovePeerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemovePeerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemovePeerResponse) Reset() {
+	*x = RemovePeerResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemovePeerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemovePeerResponse) ProtoMessage() {}
+
+func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemovePeerResponse.ProtoReflect.Descriptor instead.
+func (*RemovePeerResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{30}
+}
+
+type ReportStateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         *NodeState             `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportStateRequest) Reset() {
+	*x = ReportStateRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportStateRequest) ProtoMessage() {}
+
+func (x *ReportStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportStateRequest.ProtoReflect.Descriptor instead.
+func (*ReportStateRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ReportStateRequest) GetState() *NodeState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type ReportStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportStateResponse) Reset() {
+	*x = ReportStateResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportStateResponse) ProtoMessage() {}
+
+func (x *ReportStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportStateResponse.ProtoReflect.Descriptor instead.
+func (*ReportStateResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{32}
 }
 
 var File_herd_v1_control_proto protoreflect.FileDescriptor
@@ -1255,11 +1872,12 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\"A\n" +
 	"\x15FetchArtifactResponse\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x14\n" +
-	"\x05chunk\x18\x02 \x01(\fR\x05chunk\"\x82\x01\n" +
+	"\x05chunk\x18\x02 \x01(\fR\x05chunk\"\x98\x01\n" +
 	"\rDeployRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.herd.v1.AppSpecR\x04spec\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x81\x01\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"\x81\x01\n" +
 	"\x0eDeployResponse\x125\n" +
 	"\bprogress\x18\x01 \x01(\v2\x17.herd.v1.DeployProgressH\x00R\bprogress\x12/\n" +
 	"\x06result\x18\x02 \x01(\v2\x15.herd.v1.DeployResultH\x00R\x06resultB\a\n" +
@@ -1277,9 +1895,17 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\")\n" +
 	"\rStatusRequest\x12\x18\n" +
-	"\aworkers\x18\x01 \x01(\bR\aworkers\"8\n" +
+	"\aworkers\x18\x01 \x01(\bR\aworkers\"b\n" +
 	"\x0eStatusResponse\x12&\n" +
-	"\x04apps\x18\x01 \x03(\v2\x12.herd.v1.AppStatusR\x04apps\"e\n" +
+	"\x04apps\x18\x01 \x03(\v2\x12.herd.v1.AppStatusR\x04apps\x12(\n" +
+	"\x05state\x18\x02 \x01(\v2\x12.herd.v1.StateInfoR\x05state\"\xbb\x01\n" +
+	"\tStateInfo\x12\x14\n" +
+	"\x05front\x18\x01 \x01(\tR\x05front\x12\x1d\n" +
+	"\n" +
+	"raft_state\x18\x02 \x01(\tR\traftState\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12#\n" +
+	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\x12<\n" +
+	"\flast_contact\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vlastContact\"e\n" +
 	"\tAppStatus\x12*\n" +
 	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x12,\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x16.herd.v1.AppNodeStatusR\x05nodes\"\xb4\x01\n" +
@@ -1306,7 +1932,32 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
 	"\x06follow\x18\x05 \x01(\bR\x06follow\"6\n" +
 	"\fLogsResponse\x12&\n" +
-	"\x05lines\x18\x01 \x03(\v2\x10.herd.v1.LogLineR\x05lines2\xf0\x03\n" +
+	"\x05lines\x18\x01 \x03(\v2\x10.herd.v1.LogLineR\x05lines\"*\n" +
+	"\x14GetAssignmentRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"p\n" +
+	"\x15GetAssignmentResponse\x12,\n" +
+	"\breleases\x18\x01 \x03(\v2\x10.herd.v1.ReleaseR\breleases\x12)\n" +
+	"\x10artifact_sources\x18\x02 \x03(\tR\x0fartifactSources\"G\n" +
+	"\x13PullArtifactRequest\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x18\n" +
+	"\asources\x18\x02 \x03(\tR\asources\"*\n" +
+	"\x14PullArtifactResponse\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x03R\x04size\"\x12\n" +
+	"\x10ListPeersRequest\"8\n" +
+	"\x11ListPeersResponse\x12#\n" +
+	"\x05peers\x18\x01 \x03(\v2\r.herd.v1.PeerR\x05peers\"\x9b\x01\n" +
+	"\x04Peer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\bR\x06leader\x127\n" +
+	"\fmember_state\x18\x05 \x01(\x0e2\x14.herd.v1.MemberStateR\vmemberState\"'\n" +
+	"\x11RemovePeerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12RemovePeerResponse\">\n" +
+	"\x12ReportStateRequest\x12(\n" +
+	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"\x15\n" +
+	"\x13ReportStateResponse2\xe2\x06\n" +
 	"\aControl\x12K\n" +
 	"\fStatArtifact\x12\x1c.herd.v1.StatArtifactRequest\x1a\x1d.herd.v1.StatArtifactResponse\x12S\n" +
 	"\x0eUploadArtifact\x12\x1e.herd.v1.UploadArtifactRequest\x1a\x1f.herd.v1.UploadArtifactResponse(\x01\x12P\n" +
@@ -1314,7 +1965,13 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x06Deploy\x12\x16.herd.v1.DeployRequest\x1a\x17.herd.v1.DeployResponse0\x01\x129\n" +
 	"\x06Status\x12\x16.herd.v1.StatusRequest\x1a\x17.herd.v1.StatusResponse\x12B\n" +
 	"\tListNodes\x12\x19.herd.v1.ListNodesRequest\x1a\x1a.herd.v1.ListNodesResponse\x125\n" +
-	"\x04Logs\x12\x14.herd.v1.LogsRequest\x1a\x15.herd.v1.LogsResponse0\x01B\x8e\x01\n" +
+	"\x04Logs\x12\x14.herd.v1.LogsRequest\x1a\x15.herd.v1.LogsResponse0\x01\x12N\n" +
+	"\rGetAssignment\x12\x1d.herd.v1.GetAssignmentRequest\x1a\x1e.herd.v1.GetAssignmentResponse\x12K\n" +
+	"\fPullArtifact\x12\x1c.herd.v1.PullArtifactRequest\x1a\x1d.herd.v1.PullArtifactResponse\x12B\n" +
+	"\tListPeers\x12\x19.herd.v1.ListPeersRequest\x1a\x1a.herd.v1.ListPeersResponse\x12E\n" +
+	"\n" +
+	"RemovePeer\x12\x1a.herd.v1.RemovePeerRequest\x1a\x1b.herd.v1.RemovePeerResponse\x12H\n" +
+	"\vReportState\x12\x1b.herd.v1.ReportStateRequest\x1a\x1c.herd.v1.ReportStateResponseB\x8e\x01\n" +
 	"\vcom.herd.v1B\fControlProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
 var (
@@ -1329,7 +1986,7 @@ func file_herd_v1_control_proto_rawDescGZIP() []byte {
 	return file_herd_v1_control_proto_rawDescData
 }
 
-var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_herd_v1_control_proto_goTypes = []any{
 	(*StatArtifactRequest)(nil),    // 0: herd.v1.StatArtifactRequest
 	(*StatArtifactResponse)(nil),   // 1: herd.v1.StatArtifactResponse
@@ -1345,58 +2002,87 @@ var file_herd_v1_control_proto_goTypes = []any{
 	(*NodeResult)(nil),             // 11: herd.v1.NodeResult
 	(*StatusRequest)(nil),          // 12: herd.v1.StatusRequest
 	(*StatusResponse)(nil),         // 13: herd.v1.StatusResponse
-	(*AppStatus)(nil),              // 14: herd.v1.AppStatus
-	(*AppNodeStatus)(nil),          // 15: herd.v1.AppNodeStatus
-	(*ListNodesRequest)(nil),       // 16: herd.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 17: herd.v1.ListNodesResponse
-	(*Member)(nil),                 // 18: herd.v1.Member
-	(*LogsRequest)(nil),            // 19: herd.v1.LogsRequest
-	(*LogsResponse)(nil),           // 20: herd.v1.LogsResponse
-	(*AppSpec)(nil),                // 21: herd.v1.AppSpec
-	(*durationpb.Duration)(nil),    // 22: google.protobuf.Duration
-	(*Release)(nil),                // 23: herd.v1.Release
-	(*WorkerStatus)(nil),           // 24: herd.v1.WorkerStatus
-	(Role)(0),                      // 25: herd.v1.Role
-	(MemberState)(0),               // 26: herd.v1.MemberState
-	(*timestamppb.Timestamp)(nil),  // 27: google.protobuf.Timestamp
-	(*LogLine)(nil),                // 28: herd.v1.LogLine
+	(*StateInfo)(nil),              // 14: herd.v1.StateInfo
+	(*AppStatus)(nil),              // 15: herd.v1.AppStatus
+	(*AppNodeStatus)(nil),          // 16: herd.v1.AppNodeStatus
+	(*ListNodesRequest)(nil),       // 17: herd.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 18: herd.v1.ListNodesResponse
+	(*Member)(nil),                 // 19: herd.v1.Member
+	(*LogsRequest)(nil),            // 20: herd.v1.LogsRequest
+	(*LogsResponse)(nil),           // 21: herd.v1.LogsResponse
+	(*GetAssignmentRequest)(nil),   // 22: herd.v1.GetAssignmentRequest
+	(*GetAssignmentResponse)(nil),  // 23: herd.v1.GetAssignmentResponse
+	(*PullArtifactRequest)(nil),    // 24: herd.v1.PullArtifactRequest
+	(*PullArtifactResponse)(nil),   // 25: herd.v1.PullArtifactResponse
+	(*ListPeersRequest)(nil),       // 26: herd.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),      // 27: herd.v1.ListPeersResponse
+	(*Peer)(nil),                   // 28: herd.v1.Peer
+	(*RemovePeerRequest)(nil),      // 29: herd.v1.RemovePeerRequest
+	(*RemovePeerResponse)(nil),     // 30: herd.v1.RemovePeerResponse
+	(*ReportStateRequest)(nil),     // 31: herd.v1.ReportStateRequest
+	(*ReportStateResponse)(nil),    // 32: herd.v1.ReportStateResponse
+	(*AppSpec)(nil),                // 33: herd.v1.AppSpec
+	(*durationpb.Duration)(nil),    // 34: google.protobuf.Duration
+	(*Release)(nil),                // 35: herd.v1.Release
+	(*WorkerStatus)(nil),           // 36: herd.v1.WorkerStatus
+	(Role)(0),                      // 37: herd.v1.Role
+	(MemberState)(0),               // 38: herd.v1.MemberState
+	(*timestamppb.Timestamp)(nil),  // 39: google.protobuf.Timestamp
+	(*LogLine)(nil),                // 40: herd.v1.LogLine
+	(*NodeState)(nil),              // 41: herd.v1.NodeState
 }
 var file_herd_v1_control_proto_depIdxs = []int32{
 	3,  // 0: herd.v1.UploadArtifactRequest.header:type_name -> herd.v1.ArtifactHeader
-	21, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
-	22, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
+	33, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
+	34, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
 	9,  // 3: herd.v1.DeployResponse.progress:type_name -> herd.v1.DeployProgress
 	10, // 4: herd.v1.DeployResponse.result:type_name -> herd.v1.DeployResult
-	23, // 5: herd.v1.DeployResult.release:type_name -> herd.v1.Release
+	35, // 5: herd.v1.DeployResult.release:type_name -> herd.v1.Release
 	11, // 6: herd.v1.DeployResult.nodes:type_name -> herd.v1.NodeResult
-	14, // 7: herd.v1.StatusResponse.apps:type_name -> herd.v1.AppStatus
-	23, // 8: herd.v1.AppStatus.release:type_name -> herd.v1.Release
-	15, // 9: herd.v1.AppStatus.nodes:type_name -> herd.v1.AppNodeStatus
-	24, // 10: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
-	18, // 11: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
-	25, // 12: herd.v1.Member.role:type_name -> herd.v1.Role
-	26, // 13: herd.v1.Member.state:type_name -> herd.v1.MemberState
-	27, // 14: herd.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
-	28, // 15: herd.v1.LogsResponse.lines:type_name -> herd.v1.LogLine
-	0,  // 16: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
-	2,  // 17: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
-	5,  // 18: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
-	7,  // 19: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
-	12, // 20: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
-	16, // 21: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
-	19, // 22: herd.v1.Control.Logs:input_type -> herd.v1.LogsRequest
-	1,  // 23: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
-	4,  // 24: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
-	6,  // 25: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
-	8,  // 26: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
-	13, // 27: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
-	17, // 28: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
-	20, // 29: herd.v1.Control.Logs:output_type -> herd.v1.LogsResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 7: herd.v1.StatusResponse.apps:type_name -> herd.v1.AppStatus
+	14, // 8: herd.v1.StatusResponse.state:type_name -> herd.v1.StateInfo
+	34, // 9: herd.v1.StateInfo.last_contact:type_name -> google.protobuf.Duration
+	35, // 10: herd.v1.AppStatus.release:type_name -> herd.v1.Release
+	16, // 11: herd.v1.AppStatus.nodes:type_name -> herd.v1.AppNodeStatus
+	36, // 12: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
+	19, // 13: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
+	37, // 14: herd.v1.Member.role:type_name -> herd.v1.Role
+	38, // 15: herd.v1.Member.state:type_name -> herd.v1.MemberState
+	39, // 16: herd.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	40, // 17: herd.v1.LogsResponse.lines:type_name -> herd.v1.LogLine
+	35, // 18: herd.v1.GetAssignmentResponse.releases:type_name -> herd.v1.Release
+	28, // 19: herd.v1.ListPeersResponse.peers:type_name -> herd.v1.Peer
+	38, // 20: herd.v1.Peer.member_state:type_name -> herd.v1.MemberState
+	41, // 21: herd.v1.ReportStateRequest.state:type_name -> herd.v1.NodeState
+	0,  // 22: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
+	2,  // 23: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
+	5,  // 24: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
+	7,  // 25: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
+	12, // 26: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
+	17, // 27: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
+	20, // 28: herd.v1.Control.Logs:input_type -> herd.v1.LogsRequest
+	22, // 29: herd.v1.Control.GetAssignment:input_type -> herd.v1.GetAssignmentRequest
+	24, // 30: herd.v1.Control.PullArtifact:input_type -> herd.v1.PullArtifactRequest
+	26, // 31: herd.v1.Control.ListPeers:input_type -> herd.v1.ListPeersRequest
+	29, // 32: herd.v1.Control.RemovePeer:input_type -> herd.v1.RemovePeerRequest
+	31, // 33: herd.v1.Control.ReportState:input_type -> herd.v1.ReportStateRequest
+	1,  // 34: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
+	4,  // 35: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
+	6,  // 36: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
+	8,  // 37: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
+	13, // 38: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
+	18, // 39: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
+	21, // 40: herd.v1.Control.Logs:output_type -> herd.v1.LogsResponse
+	23, // 41: herd.v1.Control.GetAssignment:output_type -> herd.v1.GetAssignmentResponse
+	25, // 42: herd.v1.Control.PullArtifact:output_type -> herd.v1.PullArtifactResponse
+	27, // 43: herd.v1.Control.ListPeers:output_type -> herd.v1.ListPeersResponse
+	30, // 44: herd.v1.Control.RemovePeer:output_type -> herd.v1.RemovePeerResponse
+	32, // 45: herd.v1.Control.ReportState:output_type -> herd.v1.ReportStateResponse
+	34, // [34:46] is the sub-list for method output_type
+	22, // [22:34] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_control_proto_init() }
@@ -1419,7 +2105,7 @@ func file_herd_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_control_proto_rawDesc), len(file_herd_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,11 @@ const (
 	Control_Status_FullMethodName         = "/herd.v1.Control/Status"
 	Control_ListNodes_FullMethodName      = "/herd.v1.Control/ListNodes"
 	Control_Logs_FullMethodName           = "/herd.v1.Control/Logs"
+	Control_GetAssignment_FullMethodName  = "/herd.v1.Control/GetAssignment"
+	Control_PullArtifact_FullMethodName   = "/herd.v1.Control/PullArtifact"
+	Control_ListPeers_FullMethodName      = "/herd.v1.Control/ListPeers"
+	Control_RemovePeer_FullMethodName     = "/herd.v1.Control/RemovePeer"
+	Control_ReportState_FullMethodName    = "/herd.v1.Control/ReportState"
 )
 
 // ControlClient is the client API for Control service.
@@ -54,6 +59,20 @@ type ControlClient interface {
 	// what is kept since a time, merged in time order, then (with follow)
 	// new lines as they come.
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogsResponse], error)
+	// GetAssignment returns the releases the desired state assigns to a
+	// node (a node calls it when it starts, to converge on its own).
+	GetAssignment(ctx context.Context, in *GetAssignmentRequest, opts ...grpc.CallOption) (*GetAssignmentResponse, error)
+	// PullArtifact makes this front hold an artifact, fetched by digest from
+	// the first of the sources that has it (fronts copy artifacts this way).
+	PullArtifact(ctx context.Context, in *PullArtifactRequest, opts ...grpc.CallOption) (*PullArtifactResponse, error)
+	// ListPeers lists the fronts in the Raft configuration.
+	ListPeers(ctx context.Context, in *ListPeersRequest, opts ...grpc.CallOption) (*ListPeersResponse, error)
+	// RemovePeer removes a front from the Raft configuration (one that is
+	// gone for good; the leader also does it by itself after a while).
+	RemovePeer(ctx context.Context, in *RemovePeerRequest, opts ...grpc.CallOption) (*RemovePeerResponse, error)
+	// ReportState is a node giving a front its state directly, when the
+	// front has not acknowledged it (it missed the gossip that announced it).
+	ReportState(ctx context.Context, in *ReportStateRequest, opts ...grpc.CallOption) (*ReportStateResponse, error)
 }
 
 type controlClient struct {
@@ -164,6 +183,56 @@ func (c *controlClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_LogsClient = grpc.ServerStreamingClient[LogsResponse]
 
+func (c *controlClient) GetAssignment(ctx context.Context, in *GetAssignmentRequest, opts ...grpc.CallOption) (*GetAssignmentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAssignmentResponse)
+	err := c.cc.Invoke(ctx, Control_GetAssignment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) PullArtifact(ctx context.Context, in *PullArtifactRequest, opts ...grpc.CallOption) (*PullArtifactResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PullArtifactResponse)
+	err := c.cc.Invoke(ctx, Control_PullArtifact_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) ListPeers(ctx context.Context, in *ListPeersRequest, opts ...grpc.CallOption) (*ListPeersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPeersResponse)
+	err := c.cc.Invoke(ctx, Control_ListPeers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RemovePeer(ctx context.Context, in *RemovePeerRequest, opts ...grpc.CallOption) (*RemovePeerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemovePeerResponse)
+	err := c.cc.Invoke(ctx, Control_RemovePeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) ReportState(ctx context.Context, in *ReportStateRequest, opts ...grpc.CallOption) (*ReportStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportStateResponse)
+	err := c.cc.Invoke(ctx, Control_ReportState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -190,6 +259,20 @@ type ControlServer interface {
 	// what is kept since a time, merged in time order, then (with follow)
 	// new lines as they come.
 	Logs(*LogsRequest, grpc.ServerStreamingServer[LogsResponse]) error
+	// GetAssignment returns the releases the desired state assigns to a
+	// node (a node calls it when it starts, to converge on its own).
+	GetAssignment(context.Context, *GetAssignmentRequest) (*GetAssignmentResponse, error)
+	// PullArtifact makes this front hold an artifact, fetched by digest from
+	// the first of the sources that has it (fronts copy artifacts this way).
+	PullArtifact(context.Context, *PullArtifactRequest) (*PullArtifactResponse, error)
+	// ListPeers lists the fronts in the Raft configuration.
+	ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error)
+	// RemovePeer removes a front from the Raft configuration (one that is
+	// gone for good; the leader also does it by itself after a while).
+	RemovePeer(context.Context, *RemovePeerRequest) (*RemovePeerResponse, error)
+	// ReportState is a node giving a front its state directly, when the
+	// front has not acknowledged it (it missed the gossip that announced it).
+	ReportState(context.Context, *ReportStateRequest) (*ReportStateResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -220,6 +303,21 @@ func (UnimplementedControlServer) ListNodes(context.Context, *ListNodesRequest) 
 }
 func (UnimplementedControlServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogsResponse]) error {
 	return status.Error(codes.Unimplemented, "method Logs not implemented")
+}
+func (UnimplementedControlServer) GetAssignment(context.Context, *GetAssignmentRequest) (*GetAssignmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAssignment not implemented")
+}
+func (UnimplementedControlServer) PullArtifact(context.Context, *PullArtifactRequest) (*PullArtifactResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PullArtifact not implemented")
+}
+func (UnimplementedControlServer) ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPeers not implemented")
+}
+func (UnimplementedControlServer) RemovePeer(context.Context, *RemovePeerRequest) (*RemovePeerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemovePeer not implemented")
+}
+func (UnimplementedControlServer) ReportState(context.Context, *ReportStateRequest) (*ReportStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportState not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -336,6 +434,96 @@ func _Control_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_LogsServer = grpc.ServerStreamingServer[LogsResponse]
 
+func _Control_GetAssignment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAssignmentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetAssignment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetAssignment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetAssignment(ctx, req.(*GetAssignmentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_PullArtifact_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PullArtifactRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).PullArtifact(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_PullArtifact_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).PullArtifact(ctx, req.(*PullArtifactRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_ListPeers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPeersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ListPeers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ListPeers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ListPeers(ctx, req.(*ListPeersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RemovePeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemovePeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RemovePeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RemovePeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RemovePeer(ctx, req.(*RemovePeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_ReportState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ReportState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ReportState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ReportState(ctx, req.(*ReportStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -354,6 +542,26 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListNodes",
 			Handler:    _Control_ListNodes_Handler,
+		},
+		{
+			MethodName: "GetAssignment",
+			Handler:    _Control_GetAssignment_Handler,
+		},
+		{
+			MethodName: "PullArtifact",
+			Handler:    _Control_PullArtifact_Handler,
+		},
+		{
+			MethodName: "ListPeers",
+			Handler:    _Control_ListPeers_Handler,
+		},
+		{
+			MethodName: "RemovePeer",
+			Handler:    _Control_RemovePeer_Handler,
+		},
+		{
+			MethodName: "ReportState",
+			Handler:    _Control_ReportState_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

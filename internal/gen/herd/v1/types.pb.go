@@ -183,8 +183,11 @@ type AppSpec struct {
 	Hsts bool `protobuf:"varint,20,opt,name=hsts,proto3" json:"hsts,omitempty"`
 	// Requests per second each client address may make (0: no limit), with
 	// a burst of rate_burst; beyond, 429 (nginx's limit_req with nodelay).
-	RateLimit     float64 `protobuf:"fixed64,21,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
-	RateBurst     uint32  `protobuf:"varint,22,opt,name=rate_burst,json=rateBurst,proto3" json:"rate_burst,omitempty"`
+	RateLimit float64 `protobuf:"fixed64,21,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	RateBurst uint32  `protobuf:"varint,22,opt,name=rate_burst,json=rateBurst,proto3" json:"rate_burst,omitempty"`
+	// Nodes that run the app: those whose labels (herd-node --labels) hold
+	// every key=value here. Empty: every node.
+	Selector      map[string]string `protobuf:"bytes,23,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -371,6 +374,13 @@ func (x *AppSpec) GetRateBurst() uint32 {
 		return x.RateBurst
 	}
 	return 0
+}
+
+func (x *AppSpec) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
 }
 
 // StaticDir maps a URL prefix to a directory inside the release.
@@ -658,8 +668,10 @@ type NodeState struct {
 	// Grows with every change, across restarts; the larger one wins.
 	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	// The node's advertise IP; endpoints must use it.
-	Address       string      `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
-	Apps          []*AppState `protobuf:"bytes,4,rep,name=apps,proto3" json:"apps,omitempty"`
+	Address string      `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Apps    []*AppState `protobuf:"bytes,4,rep,name=apps,proto3" json:"apps,omitempty"`
+	// The node's labels (herd-node --labels), matched by app selectors.
+	Labels        map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -718,6 +730,13 @@ func (x *NodeState) GetAddress() string {
 func (x *NodeState) GetApps() []*AppState {
 	if x != nil {
 		return x.Apps
+	}
+	return nil
+}
+
+func (x *NodeState) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
 	}
 	return nil
 }
@@ -981,7 +1000,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x06\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\a\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -1010,8 +1029,12 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"rate_limit\x18\x15 \x01(\x01R\trateLimit\x12\x1d\n" +
 	"\n" +
-	"rate_burst\x18\x16 \x01(\rR\trateBurst\x1a6\n" +
+	"rate_burst\x18\x16 \x01(\rR\trateBurst\x12:\n" +
+	"\bselector\x18\x17 \x03(\v2\x1e.herd.v1.AppSpec.SelectorEntryR\bselector\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
 	"\tStaticDir\x12\x1d\n" +
@@ -1033,14 +1056,18 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\x06digest\x18\x03 \x01(\tR\x06digest\x12\x18\n" +
 	"\adesired\x18\x04 \x01(\rR\adesired\x12/\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x11.herd.v1.EndpointR\tendpoints\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"\x80\x01\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\xf3\x01\n" +
 	"\tNodeState\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12%\n" +
-	"\x04apps\x18\x04 \x03(\v2\x11.herd.v1.AppStateR\x04apps\"7\n" +
+	"\x04apps\x18\x04 \x03(\v2\x11.herd.v1.AppStateR\x04apps\x126\n" +
+	"\x06labels\x18\x05 \x03(\v2\x1e.herd.v1.NodeState.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"7\n" +
 	"\vGossipState\x12(\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x12.herd.v1.NodeStateR\x05nodes\"\xbf\x02\n" +
 	"\fWorkerStatus\x12\x10\n" +
@@ -1090,7 +1117,7 @@ func file_herd_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_herd_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_herd_v1_types_proto_goTypes = []any{
 	(Role)(0),                     // 0: herd.v1.Role
 	(MemberState)(0),              // 1: herd.v1.MemberState
@@ -1104,27 +1131,31 @@ var file_herd_v1_types_proto_goTypes = []any{
 	(*WorkerStatus)(nil),          // 9: herd.v1.WorkerStatus
 	(*LogLine)(nil),               // 10: herd.v1.LogLine
 	nil,                           // 11: herd.v1.AppSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	nil,                           // 12: herd.v1.AppSpec.SelectorEntry
+	nil,                           // 13: herd.v1.NodeState.LabelsEntry
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 }
 var file_herd_v1_types_proto_depIdxs = []int32{
 	11, // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
-	12, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
-	12, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
-	12, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
+	14, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
+	14, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
+	14, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
 	3,  // 4: herd.v1.AppSpec.static:type_name -> herd.v1.StaticDir
-	2,  // 5: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
-	13, // 6: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
-	5,  // 7: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
-	6,  // 8: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
-	7,  // 9: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
-	13, // 10: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
-	13, // 11: herd.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	12, // 5: herd.v1.AppSpec.selector:type_name -> herd.v1.AppSpec.SelectorEntry
+	2,  // 6: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
+	15, // 7: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
+	5,  // 8: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
+	6,  // 9: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
+	13, // 10: herd.v1.NodeState.labels:type_name -> herd.v1.NodeState.LabelsEntry
+	7,  // 11: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
+	15, // 12: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
+	15, // 13: herd.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_types_proto_init() }
@@ -1138,7 +1169,7 @@ func file_herd_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_types_proto_rawDesc), len(file_herd_v1_types_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,4 +1,4 @@
-package agent
+package release
 
 import (
 	"context"
@@ -9,12 +9,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
-	"github.com/herd-run/herd/internal/release"
 )
 
-// fetchArtifact gets an artifact from the first front that has it and keeps
-// it in the store only if its sha256 matches.
-func fetchArtifact(ctx context.Context, store *release.Store, sources []string, digest string) error {
+// Fetch gets an artifact from the first front (gRPC address) that has it
+// and keeps it in the store only if its sha256 matches.
+func Fetch(ctx context.Context, store *Store, sources []string, digest string) error {
 	if len(sources) == 0 {
 		return errors.New("no front to fetch the artifact from")
 	}
@@ -26,10 +25,10 @@ func fetchArtifact(ctx context.Context, store *release.Store, sources []string, 
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", addr, err))
 	}
-	return fmt.Errorf("fetch artifact %s: %w", short(digest), errors.Join(errs...))
+	return fmt.Errorf("fetch artifact %.12s: %w", digest, errors.Join(errs...))
 }
 
-func fetchFrom(ctx context.Context, store *release.Store, addr, digest string) error {
+func fetchFrom(ctx context.Context, store *Store, addr, digest string) error {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -46,7 +45,7 @@ func fetchFrom(ctx context.Context, store *release.Store, addr, digest string) e
 		return err
 	}
 	pending := first.GetChunk()
-	r := release.ChunkReader(func() ([]byte, error) {
+	r := ChunkReader(func() ([]byte, error) {
 		if pending != nil {
 			b := pending
 			pending = nil

@@ -1,0 +1,311 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/herd-run/herd/internal/cluster"
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/state"
+)
+
+// leaderState is what the leader's loops keep between rounds.
+type leaderState struct {
+	mu       sync.Mutex
+	goneFrom map[string]time.Time // front -> since when gossip lost it
+	applying map[string]bool      // node/app being converged now
+	retryAt  map[string]time.Time // node/app -> next attempt after a failure
+	backoff  map[string]time.Duration
+}
+
+// RunLeader does the leader's duties until ctx ends (the front stops
+// leading): it ends the rollouts a previous leader left unfinished, keeps
+// the Raft configuration in step with the fronts gossip sees, and makes
+// every live node run the releases assigned to it (assigning the app's
+// current release to a node that matches its selector and has none).
+func (s *Service) RunLeader(ctx context.Context) {
+	log := s.Log.With("raft", "leader")
+	log.Info("this front leads the cluster")
+	if err := s.State.Barrier(10 * time.Second); err != nil {
+		log.Warn("raft barrier", "err", err)
+		return
+	}
+	s.lead.mu.Lock()
+	s.lead.goneFrom = map[string]time.Time{}
+	s.lead.applying = map[string]bool{}
+	s.lead.retryAt = map[string]time.Time{}
+	s.lead.backoff = map[string]time.Duration{}
+	s.lead.mu.Unlock()
+	for _, r := range s.State.Rollouts() {
+		if id, ok := s.active.Load(r.GetRelease().GetApp()); ok && id == r.GetId() {
+			continue
+		}
+		// Resuming a rollout needs batches (a later issue); until then
+		// its end is recorded so the app takes deploys again, and the
+		// nodes converge back on their assignments.
+		err := s.State.Finish(&herdv1.FinishRollout{
+			App: r.GetRelease().GetApp(), Rollout: r.GetId(),
+			Error: fmt.Sprintf("interrupted: front %s, which ran it, stopped leading", r.GetFront()),
+		})
+		if err != nil {
+			log.Warn("end an interrupted rollout", "app", r.GetRelease().GetApp(), "err", err)
+		} else {
+			log.Warn("ended a rollout the previous leader left unfinished", "app", r.GetRelease().GetApp(), "release", r.GetRelease().GetId())
+		}
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		s.reconcilePeers(ctx, log)
+		s.reconcileNodes(ctx, log)
+		select {
+		case <-ctx.Done():
+			log.Info("this front no longer leads")
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// reconcilePeers adds the fronts gossip sees to the Raft configuration (as
+// voters up to MaxVoters, then as non-voters, promoted when a voter goes)
+// and removes those gone for longer than RemoveAfter, as Consul's
+// autopilot does.
+func (s *Service) reconcilePeers(ctx context.Context, log *slog.Logger) {
+	if ctx.Err() != nil {
+		return
+	}
+	peers, err := s.State.Peers()
+	if err != nil {
+		return
+	}
+	maxVoters := s.MaxVoters
+	if maxVoters <= 0 {
+		maxVoters = 3
+	}
+	removeAfter := s.RemoveAfter
+	if removeAfter <= 0 {
+		removeAfter = 10 * time.Minute
+	}
+	voters := 0
+	byID := map[string]state.Peer{}
+	for _, p := range peers {
+		byID[p.ID] = p
+		if p.Voter {
+			voters++
+		}
+	}
+	members := map[string]cluster.Member{}
+	for _, m := range s.Cluster.Members() {
+		if m.Role == herdv1.Role_ROLE_FRONT {
+			members[m.Name] = m
+		}
+	}
+	for _, m := range members {
+		if m.State != herdv1.MemberState_MEMBER_STATE_ALIVE || m.Leaving || m.RaftAddr == "" || m.Name == s.Name {
+			continue
+		}
+		p, ok := byID[m.Name]
+		switch {
+		case !ok || p.Address != m.RaftAddr:
+			voter := voters < maxVoters || (ok && p.Voter)
+			if err := s.State.AddPeer(m.Name, m.RaftAddr, voter); err != nil {
+				log.Warn("add front to raft", "front", m.Name, "err", err)
+				continue
+			}
+			if voter && !(ok && p.Voter) {
+				voters++
+			}
+			log.Info("front added to raft", "front", m.Name, "address", m.RaftAddr, "voter", voter)
+		case !p.Voter && voters < maxVoters:
+			if err := s.State.AddPeer(m.Name, m.RaftAddr, true); err != nil {
+				log.Warn("promote front to voter", "front", m.Name, "err", err)
+				continue
+			}
+			voters++
+			log.Info("front promoted to raft voter", "front", m.Name)
+		}
+	}
+	s.lead.mu.Lock()
+	defer s.lead.mu.Unlock()
+	for _, p := range peers {
+		if p.ID == s.Name {
+			continue
+		}
+		m, ok := members[p.ID]
+		if ok && m.State == herdv1.MemberState_MEMBER_STATE_ALIVE {
+			delete(s.lead.goneFrom, p.ID)
+			continue
+		}
+		since, seen := s.lead.goneFrom[p.ID]
+		if !seen {
+			s.lead.goneFrom[p.ID] = time.Now()
+			continue
+		}
+		if time.Since(since) < removeAfter {
+			continue
+		}
+		if err := s.State.RemovePeer(p.ID); err != nil {
+			log.Warn("remove departed front from raft", "front", p.ID, "err", err)
+			continue
+		}
+		delete(s.lead.goneFrom, p.ID)
+		log.Warn("front removed from raft: gone too long", "front", p.ID, "gone_for", time.Since(since).Round(time.Second))
+	}
+}
+
+// reconcileNodes makes each live node run what it is assigned. A node that
+// matches an app's selector and has no assignment gets the app's current
+// release. Apps with a rollout in progress are the rollout's business.
+func (s *Service) reconcileNodes(ctx context.Context, log *slog.Logger) {
+	busy := map[string]bool{}
+	for _, r := range s.State.Rollouts() {
+		busy[r.GetRelease().GetApp()] = true
+	}
+	apps := s.State.List()
+	for _, n := range s.liveNodes() {
+		running := map[string]string{}
+		for _, a := range n.State.GetApps() {
+			running[a.GetApp()] = a.GetRelease()
+		}
+		for _, cur := range apps {
+			app := cur.GetApp()
+			if busy[app] || ctx.Err() != nil {
+				continue
+			}
+			want := s.State.Assigned(n.Name, app)
+			if want == nil {
+				if !matches(cur.GetSpec().GetSelector(), n.State.GetLabels()) {
+					continue
+				}
+				if err := s.State.Assign(n.Name, app, cur.GetId()); err != nil {
+					log.Warn("assign release to node", "node", n.Name, "app", app, "err", err)
+					continue
+				}
+				log.Info("node assigned the app's release", "node", n.Name, "app", app, "release", cur.GetId())
+				want = cur
+			}
+			if running[app] == want.GetId() {
+				continue
+			}
+			s.converge(ctx, log, n, want)
+		}
+	}
+}
+
+// converge applies want on node n in the background, one at a time per
+// node and app, backing off after failures.
+func (s *Service) converge(ctx context.Context, log *slog.Logger, n cluster.NodeView, want *herdv1.Release) {
+	key := n.Name + "/" + want.GetApp()
+	s.lead.mu.Lock()
+	if s.lead.applying[key] || time.Now().Before(s.lead.retryAt[key]) {
+		s.lead.mu.Unlock()
+		return
+	}
+	s.lead.applying[key] = true
+	s.lead.mu.Unlock()
+	go func() {
+		var sources []string
+		for _, f := range s.liveFronts() {
+			sources = append(sources, f.GRPCAddr)
+		}
+		timeout := s.DeployTimeout
+		if timeout <= 0 {
+			timeout = 60 * time.Second
+		}
+		log.Info("converging node on its assignment", "node", n.Name, "app", want.GetApp(), "release", want.GetId())
+		err := s.applyOn(ctx, n, want, sources, timeout)
+		s.lead.mu.Lock()
+		defer s.lead.mu.Unlock()
+		delete(s.lead.applying, key)
+		if err != nil {
+			b := min(max(2*s.lead.backoff[key], 2*time.Second), time.Minute)
+			s.lead.backoff[key] = b
+			s.lead.retryAt[key] = time.Now().Add(b)
+			if status.Code(err) != codes.Canceled {
+				log.Warn("node did not converge on its assignment", "node", n.Name, "app", want.GetApp(), "release", want.GetId(), "retry_in", b, "err", status.Convert(err).Message())
+			}
+			return
+		}
+		delete(s.lead.backoff, key)
+		delete(s.lead.retryAt, key)
+	}()
+}
+
+// GetAssignment returns what the desired state assigns to a node. The
+// leader answers (a follower forwards the call): a follower that is behind
+// could send a node back to an older release.
+func (s *Service) GetAssignment(ctx context.Context, req *herdv1.GetAssignmentRequest) (*herdv1.GetAssignmentResponse, error) {
+	if req.GetNode() == "" {
+		return nil, toStatus(fmt.Errorf("%w: no node name", errInvalid))
+	}
+	leader, ctx, self, err := s.leaderControl(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !self {
+		return leader.GetAssignment(ctx, req)
+	}
+	resp := &herdv1.GetAssignmentResponse{Releases: s.State.Assignment(req.GetNode())}
+	for _, f := range s.liveFronts() {
+		resp.ArtifactSources = append(resp.ArtifactSources, f.GRPCAddr)
+	}
+	return resp, nil
+}
+
+// ListPeers lists the Raft configuration with gossip's view of each front.
+func (s *Service) ListPeers(context.Context, *herdv1.ListPeersRequest) (*herdv1.ListPeersResponse, error) {
+	peers, err := s.State.Peers()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	leader := s.State.Leader()
+	resp := &herdv1.ListPeersResponse{}
+	for _, p := range peers {
+		ms := herdv1.MemberState_MEMBER_STATE_UNSPECIFIED
+		if m, ok := s.front(p.ID); ok {
+			ms = m.State
+		}
+		resp.Peers = append(resp.Peers, &herdv1.Peer{Name: p.ID, Address: p.Address, Voter: p.Voter, Leader: p.ID == leader, MemberState: ms})
+	}
+	return resp, nil
+}
+
+// RemovePeer removes a front from the Raft configuration (on the leader).
+func (s *Service) RemovePeer(ctx context.Context, req *herdv1.RemovePeerRequest) (*herdv1.RemovePeerResponse, error) {
+	leader, ctx, self, err := s.leaderControl(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !self {
+		return leader.RemovePeer(ctx, req)
+	}
+	peers, err := s.State.Peers()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	found := false
+	for _, p := range peers {
+		found = found || p.ID == req.GetName()
+	}
+	switch {
+	case !found:
+		return nil, status.Errorf(codes.NotFound, "no front %q in the raft configuration (herdctl raft peers lists them)", req.GetName())
+	case req.GetName() == s.Name:
+		return nil, status.Errorf(codes.FailedPrecondition, "front %s is the leader: stop it (it hands leadership over) and remove it from another front", s.Name)
+	}
+	if m, ok := s.front(req.GetName()); ok && m.State == herdv1.MemberState_MEMBER_STATE_ALIVE && !m.Leaving {
+		return nil, status.Errorf(codes.FailedPrecondition, "front %s is alive: stop it first, or the leader adds it back", req.GetName())
+	}
+	if err := s.State.RemovePeer(req.GetName()); err != nil {
+		return nil, toStatus(err)
+	}
+	s.Log.Warn("front removed from raft by an operator", "front", req.GetName())
+	return &herdv1.RemovePeerResponse{}, nil
+}
