@@ -271,7 +271,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt.app.active.Add(1)
 	defer rt.app.active.Add(-1)
-	if rt.Cache && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	// An upgrade is no cacheable GET: the cache's writer cannot hijack.
+	if rt.Cache && (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header["Upgrade"] == nil {
 		p.serveCached(cw, r, rt, st)
 	} else {
 		w := cw

@@ -235,3 +235,18 @@ func TestCloseWebSocketsSilentClient(t *testing.T) {
 		})
 	}
 }
+
+// TestWebSocketToCachedApp: an app with the cache on still gets its
+// WebSocket handshakes, past the cache.
+func TestWebSocketToCachedApp(t *testing.T) {
+	b := wsBackend(t, func(conn net.Conn) { conn.Write(wsFrame(0x1, []byte("hi"), false)) })
+	rt := shop("", b.addr)
+	rt.Cache = true
+	_, front := newFront(t, Config{}, rt)
+	_, br := wsOpen(t, front)
+	want := wsFrame(0x1, []byte("hi"), false)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(br, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("through the tunnel: %q, %v; want %q", got, err, want)
+	}
+}
