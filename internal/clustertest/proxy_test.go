@@ -1,8 +1,10 @@
 package clustertest
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -379,21 +381,54 @@ func TestProxyHeadersMetricsLogAndSticky(t *testing.T) {
 	})
 }
 
-// TestFrontStopsGracefully: SIGTERM lets a request in flight finish.
+// TestFrontStopsGracefully: on SIGTERM the front lets a request in flight
+// finish and, meanwhile, sends an open WebSocket's client a closing frame
+// (1001), which http.Server's shutdown would not (it forgets upgraded
+// connections); the tunnel ends once the client answered, and the front
+// exits 0 within --shutdown-timeout.
 func TestFrontStopsGracefully(t *testing.T) {
-	c := Start(t, 1)
+	const shutdownTimeout = 10 * time.Second
+	c := Start(t, 1, "--shutdown-timeout", shutdownTimeout.String())
 	if r := deployHello(c, c.HelloDir(nil)); r.Code != 0 {
 		t.Fatalf("deploy: %s", r.Stderr)
 	}
+	conn, br := wsDial(t, c)
+	wsSend(t, conn, wsText, []byte("before stop"))
+	if _, got, err := wsRecv(br); err != nil || !strings.HasSuffix(string(got), ": before stop") {
+		t.Fatalf("echo before the stop: %q, %v", got, err)
+	}
 	got := make(chan string, 1)
 	go func() {
-		code, _, err := c.Get(helloHost, "/sleep?ms=1500")
+		code, _, err := c.Get(helloHost, "/sleep?ms=2000")
 		got <- fmt.Sprint(code, err)
 	}()
 	time.Sleep(300 * time.Millisecond)
-	if !c.Front.Stop(20 * time.Second) {
-		t.Error("the front did not exit 0 after SIGTERM")
+	conn.SetDeadline(time.Now().Add(shutdownTimeout))
+	start := time.Now()
+	stopped := make(chan bool, 1)
+	go func() { stopped <- c.Front.Stop(shutdownTimeout) }()
+
+	op, payload, err := wsRecv(br)
+	took := time.Since(start)
+	// hello's own closing frame would say "server shutting down"; the
+	// worker is not stopping here.
+	if err != nil || op != wsClose || len(payload) < 2 || binary.BigEndian.Uint16(payload) != 1001 || string(payload[2:]) != "front shutting down" {
+		t.Fatalf("WebSocket after SIGTERM to the front: opcode %d %q, %v after %v; want close 1001 \"front shutting down\"", op, payload, err, took)
 	}
+	t.Logf("close frame 1001 %q %v after SIGTERM", payload[2:], took)
+	select {
+	case g := <-got:
+		t.Errorf("the closing frame came after the request in flight ended (%s), not while it drained", g)
+	default:
+	}
+	wsSend(t, conn, wsClose, payload[:2])
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after answering the close: %v, want EOF", err)
+	}
+	if !<-stopped {
+		t.Errorf("the front did not exit 0 within --shutdown-timeout %v of SIGTERM", shutdownTimeout)
+	}
+	t.Logf("the front exited %v after SIGTERM", time.Since(start))
 	if g := <-got; g != "200 <nil>" {
 		t.Fatalf("request in flight during the front's stop: %s", g)
 	}

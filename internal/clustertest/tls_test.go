@@ -49,10 +49,14 @@ func writeCert(t *testing.T, certFile, keyFile string, serial int64, names ...st
 	return cert
 }
 
-// TestTLSAndHTTP2: HTTPS with certificates chosen by SNI, HTTP/2 by ALPN,
-// redirects and HSTS per app, and a certificate swap on SIGHUP that loses
-// no request in flight.
+// TestTLSAndHTTP2: HTTPS with certificates chosen by SNI, HTTP/2 by ALPN
+// (for Go's client, curl and h2load), redirects and HSTS per app, and a
+// certificate swap on SIGHUP that loses no request in flight.
 func TestTLSAndHTTP2(t *testing.T) {
+	h2load, err := exec.LookPath("h2load")
+	if err != nil {
+		t.Fatal("h2load is missing: install Debian's nghttp2-client (.ci/run does)")
+	}
 	dir := t.TempDir()
 	helloCrt, helloKey := filepath.Join(dir, "hello.crt"), filepath.Join(dir, "hello.key")
 	otherCrt, otherKey := filepath.Join(dir, "other.crt"), filepath.Join(dir, "other.key")
@@ -121,6 +125,21 @@ func TestTLSAndHTTP2(t *testing.T) {
 			"--resolve", helloHost+":"+port+":127.0.0.1", "https://"+helloHost+":"+port+"/").Output()
 		if err != nil || string(out) != "2 200" {
 			t.Errorf("curl --http2: %q %v", out, err)
+		}
+	}
+
+	// And h2load, under a little load: 4 connections with 4 streams each,
+	// every request answered over HTTP/2. (It does not check certificates.)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, h2load, "-n", "200", "-c", "4", "-m", "4",
+		"--connect-to", "127.0.0.1:"+port, "https://"+helloHost+":"+port+"/").CombinedOutput()
+	if err != nil {
+		t.Fatalf("h2load: %v\n%s", err, out)
+	}
+	for _, want := range []string{"Application protocol: h2\n", "requests: 200 total, 200 started, 200 done, 200 succeeded, 0 failed", "status codes: 200 2xx"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("h2load's report lacks %q:\n%s", want, out)
 		}
 	}
 

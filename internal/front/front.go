@@ -125,8 +125,8 @@ func openAccessLog(dest string) (io.Writer, func(), error) {
 }
 
 // Run serves as a front until ctx ends, then stops gracefully: it stops
-// accepting, in-flight requests finish (up to ShutdownTimeout), then it
-// leaves the cluster.
+// accepting, in-flight requests finish and WebSockets get a closing frame
+// (all within ShutdownTimeout), then it leaves the cluster.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -423,6 +423,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	// Shutdown does not see upgraded connections: the proxy tells the
+	// WebSocket clients itself, while the other requests drain.
+	wsClosed := make(chan struct{})
+	go func() { px.CloseWebSockets(shutCtx); close(wsClosed) }()
 	if err := hs.Shutdown(shutCtx); err != nil {
 		log.Warn("http shutdown", "err", err)
 	}
@@ -431,6 +435,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Warn("https shutdown", "err", err)
 		}
 	}
+	<-wsClosed
 	if admin != nil {
 		admin.Close()
 	}

@@ -73,6 +73,7 @@ type Proxy struct {
 	endpoints map[string]*balance.Endpoint
 	apps      map[string]*appStats
 	cache     *cache.Cache
+	tunnels   wsTunnels
 }
 
 // New returns a proxy with no routes (every request gets 404).
@@ -96,6 +97,7 @@ func New(cfg Config) *Proxy {
 		endpoints: map[string]*balance.Endpoint{},
 		apps:      map[string]*appStats{},
 		cache:     cache.New(cfg.CacheBytes, nil),
+		tunnels:   wsTunnels{open: map[*wsTunnel]struct{}{}, gone: make(chan struct{}, 1)},
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
@@ -269,10 +271,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt.app.active.Add(1)
 	defer rt.app.active.Add(-1)
-	if rt.Cache && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	// An upgrade is no cacheable GET: the cache's writer cannot hijack.
+	if rt.Cache && (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.Header["Upgrade"] == nil {
 		p.serveCached(cw, r, rt, st)
 	} else {
-		p.rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
+		w := cw
+		if isWebSocket(r) {
+			w = wsWriter{cw, &p.tunnels} // for CloseWebSockets
+		}
+		p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, st)))
 	}
 	lw.ep, lw.wait = st.ep, st.wait
 }
