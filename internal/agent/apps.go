@@ -115,6 +115,8 @@ type manager struct {
 
 	mu   sync.Mutex
 	apps map[string]*appRun
+	// drained is "" or, for a drained node, "stop" or "keep" (workers).
+	drained string
 
 	applied *applied
 	bg      sync.WaitGroup // replacements and retiring workers
@@ -398,7 +400,7 @@ func (m *manager) awaitFronts(gen uint64) {
 func (m *manager) state() *herdv1.NodeState {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := &herdv1.NodeState{Node: m.cfg.Name, Address: m.host, Labels: m.cfg.Labels}
+	st := &herdv1.NodeState{Node: m.cfg.Name, Address: m.host, Labels: m.cfg.Labels, Drained: m.drained != ""}
 	for _, a := range m.apps {
 		as := &herdv1.AppState{
 			App:     a.rel.GetApp(),
@@ -408,7 +410,7 @@ func (m *manager) state() *herdv1.NodeState {
 			Error:   a.lastErr,
 		}
 		for _, s := range a.slots {
-			if s.w.Ready() {
+			if s.w.Ready() && m.drained == "" {
 				as.Endpoints = append(as.Endpoints, &herdv1.Endpoint{
 					Address: net.JoinHostPort(m.host, strconv.Itoa(s.port)),
 					Worker:  strconv.Itoa(s.index),

@@ -32,6 +32,11 @@ func (m *manager) pullAssignment(ctx context.Context) {
 }
 
 func (m *manager) tryPull(ctx context.Context) bool {
+	if m.drainMode() != "" {
+		// A drained node starts nothing; undrain brings its apps back and
+		// the leader converges them.
+		return true
+	}
 	for _, f := range m.cl.Members() {
 		if f.Role != herdv1.Role_ROLE_FRONT || f.State != herdv1.MemberState_MEMBER_STATE_ALIVE || f.Leaving || f.GRPCAddr == "" {
 			continue

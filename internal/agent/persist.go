@@ -67,10 +67,14 @@ func (m *manager) restore() error {
 			m.log.Warn("not restoring app: release directory missing", "app", rel.GetApp(), "release", rel.GetId())
 			continue
 		}
-		slots, err := m.startSlots(rel, dir)
-		if err != nil {
-			m.log.Warn("not restoring app", "app", rel.GetApp(), "err", err)
-			continue
+		var slots []*slot
+		if m.drained != "stop" {
+			// A drained node keeps its apps but runs their workers only
+			// if it was drained with --keep-workers.
+			if slots, err = m.startSlots(rel, dir); err != nil {
+				m.log.Warn("not restoring app", "app", rel.GetApp(), "err", err)
+				continue
+			}
 		}
 		m.mu.Lock()
 		m.apps[rel.GetApp()] = &appRun{rel: rel, slots: slots}

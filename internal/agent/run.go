@@ -93,6 +93,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	m.cl = cl
+	m.loadDrained()
 	if err := m.restore(); err != nil {
 		log.Error("restore apps", "err", err)
 	}

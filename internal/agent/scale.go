@@ -11,7 +11,7 @@ import (
 // sameButWorkers reports whether b is a only a's release with another
 // worker count: the same id, artifact and spec otherwise.
 func sameButWorkers(a, b *herdv1.Release) bool {
-	if a.GetId() != b.GetId() || a.GetDigest() != b.GetDigest() {
+	if a.GetId() != b.GetId() || a.GetDigest() != b.GetDigest() || a.GetRestart() != b.GetRestart() {
 		return false
 	}
 	sa, sb := proto.CloneOf(a.GetSpec()), proto.CloneOf(b.GetSpec())

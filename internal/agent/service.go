@@ -55,6 +55,32 @@ func (s *service) AckState(_ context.Context, req *herdv1.AckStateRequest) (*her
 	return &herdv1.AckStateResponse{}, nil
 }
 
+func (s *service) Remove(_ context.Context, req *herdv1.RemoveRequest) (*herdv1.RemoveResponse, error) {
+	s.m.remove(req.GetApp())
+	return &herdv1.RemoveResponse{State: s.m.cl.LocalState()}, nil
+}
+
+func (s *service) SetDrained(_ context.Context, req *herdv1.SetDrainedRequest) (*herdv1.SetDrainedResponse, error) {
+	if err := s.m.setDrained(req.GetDrained(), req.GetKeepWorkers()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &herdv1.SetDrainedResponse{State: s.m.cl.LocalState()}, nil
+}
+
+func (s *service) RunTask(ctx context.Context, req *herdv1.RunTaskRequest) (*herdv1.RunTaskResponse, error) {
+	timeout := defaultApplyTimeout
+	if d := req.GetTimeout().AsDuration(); d > 0 {
+		timeout = d
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := s.m.runTask(ctx, req.GetRelease(), req.GetCommand(), req.GetArtifactSources())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
 func (s *service) ListWorkers(_ context.Context, req *herdv1.ListWorkersRequest) (*herdv1.ListWorkersResponse, error) {
 	return &herdv1.ListWorkersResponse{Workers: s.m.workers(req.GetApp())}, nil
 }

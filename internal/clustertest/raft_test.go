@@ -90,8 +90,8 @@ func helloVia(c *Cluster, f *Proc) (Hello, error) {
 
 // TestRaftAmongFronts runs three fronts and three nodes: a command through
 // any front is seen through every front; two racing deploys end with one
-// winner and one refusal; killing the leader mid-deploy leaves a cluster
-// that takes commands again within seconds; a restarted front catches up;
+// winner and one refusal; a deploy whose leader is killed mid-way is
+// resumed by the next leader, which takes commands within seconds; a restarted front catches up;
 // a node that lost its data dir comes back to its assignment; a node that
 // joins with matching labels gets the app its selector picks; a front
 // that is gone is removed from Raft, by an operator or after a while.
@@ -190,6 +190,11 @@ func TestRaftAmongFronts(t *testing.T) {
 	killed := time.Now()
 	r := <-deployDone
 	t.Logf("deploy when its leader was killed: exit %d: %s", r.Code, strings.TrimSpace(r.Stderr))
+	// The next leader resumes the rollout and the front that relayed it
+	// reports the verdict.
+	if r.Code != 0 {
+		t.Errorf("the deploy whose leader was killed mid-way failed: %s", r.Stderr)
+	}
 	v5 := slow("5")
 	var took time.Duration
 	var want string

@@ -53,9 +53,11 @@ type Service struct {
 	// leader removes it from the Raft configuration (default 10 min).
 	RemoveAfter time.Duration
 
-	// active holds the rollouts this process runs now (app -> rollout id),
-	// so a new leader tells them from those an old leader left behind.
-	active sync.Map
+	// running counts the rollouts of each app this process runs now (from
+	// before they are recorded), so a new leader tells them from those an
+	// old leader left behind.
+	runMu   sync.Mutex
+	running map[string]int
 	lead   leaderState
 }
 
@@ -253,4 +255,28 @@ func (s *Service) ReportState(_ context.Context, req *herdv1.ReportStateRequest)
 		}
 	}
 	return nil, status.Errorf(codes.NotFound, "no node %q in this front's view of the cluster yet", st.GetNode())
+}
+
+// markRunning counts a rollout of app as run by this process until the
+// returned func is called.
+func (s *Service) markRunning(app string) func() {
+	s.runMu.Lock()
+	defer s.runMu.Unlock()
+	if s.running == nil {
+		s.running = map[string]int{}
+	}
+	s.running[app]++
+	return func() {
+		s.runMu.Lock()
+		defer s.runMu.Unlock()
+		if s.running[app]--; s.running[app] <= 0 {
+			delete(s.running, app)
+		}
+	}
+}
+
+func (s *Service) isRunning(app string) bool {
+	s.runMu.Lock()
+	defer s.runMu.Unlock()
+	return s.running[app] > 0
 }

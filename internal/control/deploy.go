@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herd-run/herd/internal/cluster"
@@ -79,11 +77,9 @@ func validateSpec(spec *herdv1.AppSpec) error {
 	return nil
 }
 
-// Deploy runs the release on every live node the app's selector picks, all
-// at once, and makes it the app's release when all of them run it healthy.
-// A node that fails keeps its previous release serving; the error names
-// each failed node and why. A follower forwards the call to the Raft
-// leader, which runs the rollout.
+// Deploy rolls the release out to the live, undrained nodes the app's
+// selector picks, in batches (see rollout). A follower forwards the call
+// to the Raft leader, which runs the rollout.
 func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_DeployServer) error {
 	spec := req.GetSpec()
 	if err := validateSpec(spec); err != nil {
@@ -92,6 +88,9 @@ func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_Deploy
 	if !release.ValidDigest(req.GetDigest()) {
 		return toStatus(fmt.Errorf("%w: digest %q is not a sha256", errInvalid, req.GetDigest()))
 	}
+	if _, err := batchSize(req.GetBatch(), 1); err != nil {
+		return toStatus(err)
+	}
 	leader, ctx, self, err := s.leaderControl(stream.Context())
 	if err != nil {
 		return err
@@ -99,105 +98,19 @@ func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_Deploy
 	if !self {
 		return s.forwardDeploy(ctx, leader, req, stream)
 	}
-	// The artifact must be on at least two fronts (all, if fewer) before
-	// anything moves: a front lost with the only copy must not leave nodes
-	// unable to fetch their release.
-	sources, err := s.replicate(ctx, req.GetDigest())
-	if err != nil {
-		return err
-	}
-	nodes := selectNodes(s.liveNodes(), spec.GetSelector())
-	if len(nodes) == 0 {
-		if len(spec.GetSelector()) > 0 {
-			return status.Errorf(codes.FailedPrecondition, "no live node has the labels %s (--selector)", formatLabels(spec.GetSelector()))
+	return s.rollout(ctx, plan{
+		begin:      &herdv1.BeginRollout{Spec: spec, Digest: req.GetDigest(), Force: req.GetForce()},
+		batch:      req.GetBatch(),
+		minHealthy: req.GetMinHealthy().AsDuration(),
+		deadline:   req.GetDeadline().AsDuration(),
+		timeout:    req.GetTimeout().AsDuration(),
+		autoRevert: !req.GetNoAutoRevert(),
+	}, func(p *herdv1.DeployProgress, r *herdv1.DeployResult) error {
+		if r != nil {
+			return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: r}})
 		}
-		return status.Error(codes.FailedPrecondition, "no live nodes in the cluster to deploy to")
-	}
-	ro, err := s.State.Begin(spec, req.GetDigest(), s.Name, req.GetForce())
-	if err != nil {
-		return toStatus(err)
-	}
-	s.active.Store(spec.GetName(), ro.GetId())
-	defer s.active.CompareAndDelete(spec.GetName(), ro.GetId())
-	rel, changed := ro.GetRelease(), ro.GetChanged()
-	finish := func(results []*herdv1.NodeResult, cause string) error {
-		err := s.State.Finish(&herdv1.FinishRollout{App: rel.GetApp(), Rollout: ro.GetId(), Ok: cause == "", Nodes: results, Error: cause})
-		if err != nil {
-			return status.Errorf(status.Code(toStatus(err)), "deploy of %s %s: recording the outcome failed: %v", rel.GetApp(), rel.GetId(), err)
-		}
-		return nil
-	}
-	if s.Prepare != nil {
-		if err := s.Prepare(rel); err != nil {
-			cause := fmt.Sprintf("refused by front %s: %v", s.Name, err)
-			if ferr := finish(nil, cause); ferr != nil {
-				return ferr
-			}
-			return status.Errorf(codes.FailedPrecondition, "deploy of %s %s %s", rel.GetApp(), rel.GetId(), cause)
-		}
-	}
-	timeout := s.DeployTimeout
-	if d := req.GetTimeout().AsDuration(); d > 0 {
-		timeout = d
-	}
-	if timeout <= 0 {
-		timeout = 60 * time.Second
-	}
-	log := s.Log.With("app", rel.GetApp(), "release", rel.GetId())
-	log.Info("deploying", "nodes", len(nodes), "digest", rel.GetDigest())
-
-	type outcome struct {
-		node string
-		err  error
-	}
-	results := make(chan outcome, len(nodes))
-	// The rollout runs to its verdict even if the client goes away.
-	applyCtx := context.WithoutCancel(ctx)
-	for _, n := range nodes {
-		go func() {
-			results <- outcome{n.Name, s.applyOn(applyCtx, n, rel, sources, timeout)}
-		}()
-	}
-	res := &herdv1.DeployResult{Release: rel, Changed: changed}
-	var failed []string
-	var sendErr error
-	for range nodes {
-		o := <-results
-		nr := &herdv1.NodeResult{Node: o.node, Ok: o.err == nil}
-		msg := "running " + rel.GetId()
-		if o.err != nil {
-			nr.Error = status.Convert(o.err).Message()
-			msg = "failed: " + nr.Error
-			failed = append(failed, o.node+": "+nr.Error)
-			log.Warn("deploy failed on node", "node", o.node, "err", nr.Error)
-		}
-		res.Nodes = append(res.Nodes, nr)
-		if sendErr == nil {
-			// A client gone mid-way does not stop the rollout half done:
-			// it runs to its verdict, which goes into the state.
-			sendErr = stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Progress{
-				Progress: &herdv1.DeployProgress{Node: o.node, Message: msg},
-			}})
-		}
-	}
-	if len(failed) > 0 {
-		cause := fmt.Sprintf("failed on %d of %d nodes: %s", len(failed), len(nodes), strings.Join(failed, "; "))
-		if err := finish(res.GetNodes(), cause); err != nil {
-			return err
-		}
-		return status.Errorf(codes.Aborted, "deploy of %s %s %s (their previous release keeps serving)", rel.GetApp(), rel.GetId(), cause)
-	}
-	if err := finish(res.GetNodes(), ""); err != nil {
-		return err
-	}
-	if s.OnCommit != nil {
-		s.OnCommit()
-	}
-	log.Info("deployed", "nodes", len(nodes), "changed", changed)
-	if sendErr != nil {
-		return sendErr
-	}
-	return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: res}})
+		return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Progress{Progress: p}})
+	})
 }
 
 // selectNodes keeps the nodes whose labels hold every key=value of the

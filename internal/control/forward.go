@@ -94,7 +94,13 @@ func (s *Service) liveFronts() []cluster.Member {
 func (s *Service) forwardDeploy(ctx context.Context, c herdv1.ControlClient, req *herdv1.DeployRequest, stream herdv1.Control_DeployServer) error {
 	deadline := time.Now().Add(leaderWait)
 	for {
-		started, err := s.relayDeploy(ctx, c, req, stream)
+		release, err := s.relayDeploy(ctx, c, req, stream)
+		started := release != ""
+		if started && status.Code(err) == codes.Unavailable {
+			// The leader went away mid-rollout: the next leader resumes
+			// it, and its verdict reaches this front through Raft.
+			return s.awaitVerdict(stream.Context(), req.GetSpec().GetName(), release, stream)
+		}
 		if err == nil || started || status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
 			if err != nil && status.Code(err) == codes.Unavailable {
 				// Not "front unreachable": this front answered; the leader
@@ -120,28 +126,72 @@ func (s *Service) forwardDeploy(ctx context.Context, c herdv1.ControlClient, req
 	}
 }
 
-// relayDeploy makes one attempt; started says whether the leader answered.
-func (s *Service) relayDeploy(ctx context.Context, c herdv1.ControlClient, req *herdv1.DeployRequest, stream herdv1.Control_DeployServer) (started bool, err error) {
+// relayDeploy makes one attempt; it returns the release the leader said it
+// rolls out ("" if it said nothing yet).
+func (s *Service) relayDeploy(ctx context.Context, c herdv1.ControlClient, req *herdv1.DeployRequest, stream herdv1.Control_DeployServer) (release string, err error) {
 	up, err := c.Deploy(ctx, req)
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	for {
 		msg, err := up.Recv()
 		if errors.Is(err, io.EOF) {
-			return true, nil
+			return release, nil
 		}
 		if err != nil {
-			return started, err
+			return release, err
 		}
-		started = true
+		if id := msg.GetProgress().GetRelease(); id != "" {
+			release = id
+		}
 		if r := msg.GetResult(); r != nil {
+			release = r.GetRelease().GetId()
 			s.awaitRelease(r.GetRelease(), 3*time.Second)
 		}
 		if err := stream.Send(msg); err != nil {
-			return true, err
+			return release, err
 		}
 	}
+}
+
+// awaitVerdict waits until the rollout of app's release is no longer in
+// progress in this front's state and reports how it ended.
+func (s *Service) awaitVerdict(ctx context.Context, app, release string, stream herdv1.Control_DeployServer) error {
+	stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Progress{Progress: &herdv1.DeployProgress{
+		Release: release, Message: "the Raft leader went away; waiting for the next leader to finish the rollout",
+	}}})
+	for {
+		inProgress := false
+		for _, r := range s.State.Rollouts() {
+			if r.GetRelease().GetApp() == app && r.GetRelease().GetId() == release {
+				inProgress = true
+			}
+		}
+		if !inProgress {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return toStatus(ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	hist := s.State.History(app)
+	for i := len(hist) - 1; i >= 0; i-- {
+		h := hist[i]
+		if h.GetRelease().GetId() != release {
+			continue
+		}
+		if !h.GetOk() {
+			return status.Errorf(codes.Aborted, "deploy of %s %s %s", app, release, h.GetError())
+		}
+		return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: &herdv1.DeployResult{Release: h.GetRelease(), Changed: true}}})
+	}
+	if cur, err := s.State.Get(app); err == nil && cur.GetId() == release {
+		// Only a scale or an unchanged deploy leaves no history entry.
+		return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: &herdv1.DeployResult{Release: cur}}})
+	}
+	return status.Errorf(codes.Aborted, "deploy of %s %s: the rollout ended without a verdict (herdctl history %s)", app, release, app)
 }
 
 // awaitRelease waits until this front's state has rel as its app's release.

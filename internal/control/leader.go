@@ -43,21 +43,10 @@ func (s *Service) RunLeader(ctx context.Context) {
 	s.lead.backoff = map[string]time.Duration{}
 	s.lead.mu.Unlock()
 	for _, r := range s.State.Rollouts() {
-		if id, ok := s.active.Load(r.GetRelease().GetApp()); ok && id == r.GetId() {
+		if s.isRunning(r.GetRelease().GetApp()) {
 			continue
 		}
-		// Resuming a rollout needs batches (a later issue); until then
-		// its end is recorded so the app takes deploys again, and the
-		// nodes converge back on their assignments.
-		err := s.State.Finish(&herdv1.FinishRollout{
-			App: r.GetRelease().GetApp(), Rollout: r.GetId(),
-			Error: fmt.Sprintf("interrupted: front %s, which ran it, stopped leading", r.GetFront()),
-		})
-		if err != nil {
-			log.Warn("end an interrupted rollout", "app", r.GetRelease().GetApp(), "err", err)
-		} else {
-			log.Warn("ended a rollout the previous leader left unfinished", "app", r.GetRelease().GetApp(), "release", r.GetRelease().GetId())
-		}
+		go s.resume(ctx, r)
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -160,9 +149,11 @@ func (s *Service) reconcilePeers(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-// reconcileNodes makes each live node run what it is assigned. A node that
-// matches an app's selector and has no assignment gets the app's current
-// release. Apps with a rollout in progress are the rollout's business.
+// reconcileNodes makes each live node match the desired state: drained or
+// not as its flag says; running what it is assigned (a node that matches
+// an app's selector and has no assignment gets the app's current release);
+// not running destroyed apps. Apps with a rollout in progress are the
+// rollout's business.
 func (s *Service) reconcileNodes(ctx context.Context, log *slog.Logger) {
 	busy := map[string]bool{}
 	for _, r := range s.State.Rollouts() {
@@ -170,13 +161,34 @@ func (s *Service) reconcileNodes(ctx context.Context, log *slog.Logger) {
 	}
 	apps := s.State.List()
 	for _, n := range s.liveNodes() {
+		if ctx.Err() != nil {
+			return
+		}
+		rec := s.State.Node(n.Name)
+		if want := rec.GetDrained(); want != n.State.GetDrained() {
+			keep := rec.GetKeepWorkers()
+			s.converge(ctx, log, n.Name+"/drain", func(ctx context.Context) error {
+				log.Info("converging node on its drain flag", "node", n.Name, "drained", want)
+				return s.setDrainedOn(ctx, n, want, keep)
+			})
+			continue
+		}
+		if rec.GetDrained() {
+			continue
+		}
 		running := map[string]string{}
 		for _, a := range n.State.GetApps() {
 			running[a.GetApp()] = a.GetRelease()
+			if app := a.GetApp(); !busy[app] && s.State.Destroyed(app) {
+				s.converge(ctx, log, n.Name+"/"+app, func(ctx context.Context) error {
+					log.Info("removing a destroyed app from a node", "node", n.Name, "app", app)
+					return s.removeOn(ctx, n, app)
+				})
+			}
 		}
 		for _, cur := range apps {
 			app := cur.GetApp()
-			if busy[app] || ctx.Err() != nil {
+			if busy[app] {
 				continue
 			}
 			want := s.State.Assigned(n.Name, app)
@@ -194,15 +206,25 @@ func (s *Service) reconcileNodes(ctx context.Context, log *slog.Logger) {
 			if running[app] == want.GetId() {
 				continue
 			}
-			s.converge(ctx, log, n, want)
+			s.converge(ctx, log, n.Name+"/"+app, func(ctx context.Context) error {
+				var sources []string
+				for _, f := range s.liveFronts() {
+					sources = append(sources, f.GRPCAddr)
+				}
+				timeout := s.DeployTimeout
+				if timeout <= 0 {
+					timeout = 60 * time.Second
+				}
+				log.Info("converging node on its assignment", "node", n.Name, "app", app, "release", want.GetId())
+				return s.applyOn(ctx, n, want, sources, timeout)
+			})
 		}
 	}
 }
 
-// converge applies want on node n in the background, one at a time per
-// node and app, backing off after failures.
-func (s *Service) converge(ctx context.Context, log *slog.Logger, n cluster.NodeView, want *herdv1.Release) {
-	key := n.Name + "/" + want.GetApp()
+// converge runs fix in the background, one at a time per key (node/app),
+// backing off after failures.
+func (s *Service) converge(ctx context.Context, log *slog.Logger, key string, fix func(context.Context) error) {
 	s.lead.mu.Lock()
 	if s.lead.applying[key] || time.Now().Before(s.lead.retryAt[key]) {
 		s.lead.mu.Unlock()
@@ -211,16 +233,7 @@ func (s *Service) converge(ctx context.Context, log *slog.Logger, n cluster.Node
 	s.lead.applying[key] = true
 	s.lead.mu.Unlock()
 	go func() {
-		var sources []string
-		for _, f := range s.liveFronts() {
-			sources = append(sources, f.GRPCAddr)
-		}
-		timeout := s.DeployTimeout
-		if timeout <= 0 {
-			timeout = 60 * time.Second
-		}
-		log.Info("converging node on its assignment", "node", n.Name, "app", want.GetApp(), "release", want.GetId())
-		err := s.applyOn(ctx, n, want, sources, timeout)
+		err := fix(ctx)
 		s.lead.mu.Lock()
 		defer s.lead.mu.Unlock()
 		delete(s.lead.applying, key)
@@ -229,7 +242,7 @@ func (s *Service) converge(ctx context.Context, log *slog.Logger, n cluster.Node
 			s.lead.backoff[key] = b
 			s.lead.retryAt[key] = time.Now().Add(b)
 			if status.Code(err) != codes.Canceled {
-				log.Warn("node did not converge on its assignment", "node", n.Name, "app", want.GetApp(), "release", want.GetId(), "retry_in", b, "err", status.Convert(err).Message())
+				log.Warn("node did not converge", "what", key, "retry_in", b, "err", status.Convert(err).Message())
 			}
 			return
 		}

@@ -14,9 +14,12 @@ import (
 )
 
 // withFront runs call against the first front that answers: a front that
-// is down (Unavailable) makes herdctl try the next address.
+// is down, or cannot take the command now (Unavailable: no Raft leader),
+// makes herdctl try the next address. A command that fails that way
+// changed nothing, so trying it again is safe.
 func withFront(ctx context.Context, g *globals, call func(herdv1.ControlClient) error) error {
 	var errs []string
+	answered := false
 	for _, addr := range g.addrs {
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -27,7 +30,14 @@ func withFront(ctx context.Context, g *globals, call func(herdv1.ControlClient) 
 		if status.Code(err) != codes.Unavailable {
 			return rpcError(err)
 		}
-		errs = append(errs, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
+		msg := status.Convert(err).Message()
+		// gRPC's own failures to reach a server say "connection error" or
+		// name the transport; anything else is a front's answer.
+		answered = answered || !(strings.Contains(msg, "connection error") || strings.Contains(msg, "transport"))
+		errs = append(errs, fmt.Sprintf("%s: %s", addr, msg))
+	}
+	if answered {
+		return fmt.Errorf("no front could take the command (%s)", strings.Join(errs, "; "))
 	}
 	return fmt.Errorf("no front reachable (%s)", strings.Join(errs, "; "))
 }

@@ -43,6 +43,11 @@ type deployOptions struct {
 	rateBurst    uint32
 	selector     []string
 	force        bool
+	batch        string
+	minHealthy   time.Duration
+	deadline     time.Duration
+	noRevert     bool
+	releaseCmd   string
 }
 
 func newDeployCmd(g *globals, stdio IO) *cobra.Command {
@@ -58,9 +63,17 @@ PORT to bind, plus HERD_APP, HERD_RELEASE, HERD_WORKER and HERD_NODE. Write
 it in single quotes so that $PORT expands in the worker, not in your shell.
 The deploy succeeds once every node runs the release healthy; a node that
 fails keeps its previous release serving. One deploy of an app runs at a
-time: another is refused while it runs, unless --force supersedes it.`,
-		Example: `  herdctl deploy hello ./build --cmd 'exec ./hello' --workers 2 --host hello.localhost --health /healthz`,
-		Args:    exactArgs("APP", "DIR"),
+time: another is refused while it runs, unless --force supersedes it.
+
+With --batch, nodes move a batch at a time; each batch must be ready, and
+stay healthy for --min-healthy, within --deadline. A failing batch stops the
+rollout and moves the nodes already moved back to what they ran (unless
+--no-auto-revert). --release-cmd runs once, on one node, with the new
+release before any node moves. The exit status is the verdict.`,
+		Example: `  herdctl deploy hello ./build --cmd 'exec ./hello' --workers 2 --host hello.localhost --health /healthz
+  herdctl deploy shop ./build --cmd 'exec gunicorn -b $HOST:$PORT shop.wsgi' --release-cmd 'python manage.py migrate' \
+      --batch 25% --min-healthy 10s --deadline 2m`,
+		Args: exactArgs("APP", "DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.app, o.dir = args[0], args[1]
 			return o.run(cmd.Context(), g, stdio)
@@ -90,6 +103,11 @@ time: another is refused while it runs, unless --force supersedes it.`,
 	f.StringVar(&o.cache, "cache", "off", "on: fronts cache the app's cacheable responses (Cache-Control, Expires)")
 	f.StringArrayVar(&o.selector, "selector", nil, "`k=v[,k=v]`: run only on nodes whose --labels hold all of these (repeatable)")
 	f.BoolVar(&o.force, "force", false, "supersede a deploy of the app that is in progress instead of being refused")
+	f.StringVar(&o.batch, "batch", "", "move nodes in batches of `N` nodes or P% of them (default: all at once)")
+	f.DurationVar(&o.minHealthy, "min-healthy", 0, "each batch must stay healthy this long before the next moves")
+	f.DurationVar(&o.deadline, "deadline", 0, "how long a batch may take to be ready and stay healthy (default: --timeout)")
+	f.BoolVar(&o.noRevert, "no-auto-revert", false, "when a batch fails, keep the nodes already moved on the new release")
+	f.StringVar(&o.releaseCmd, "release-cmd", "", "command run once, on one node, in the new release before any node moves (migrations); if it fails nothing moves")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 0, "how long a worker may take to stop after SIGTERM before it is killed (0: the node's default, 30s)")
 	return cmd
 }
@@ -146,29 +164,30 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		hosts[i] = strings.ToLower(h)
 	}
 	return &herdv1.AppSpec{
-		Name:          o.app,
-		Command:       o.cmd,
-		Workers:       o.workers,
-		Concurrency:   o.concurrency,
-		Hosts:         hosts,
-		PathPrefix:    o.path,
-		HealthPath:    o.health,
-		Env:           env,
-		Balance:       o.balance,
-		MaxQueue:      o.maxQueue,
-		QueueTimeout:  durationpb.New(o.queueTimeout),
-		MaxLifetime:   durationpb.New(o.maxLifetime),
-		MaxMemory:     maxMemory,
-		StopTimeout:   durationpb.New(o.stopTimeout),
-		Static:        static,
-		Cache:         o.cache == "on",
-		BufferingOff:  o.buffering == "off",
-		MaxBody:       maxBody,
-		HttpsRedirect: o.httpsRedir,
-		Hsts:          o.hsts,
-		RateLimit:     o.rateLimit,
-		RateBurst:     o.rateBurst,
-		Selector:      selector,
+		Name:           o.app,
+		Command:        o.cmd,
+		Workers:        o.workers,
+		Concurrency:    o.concurrency,
+		Hosts:          hosts,
+		PathPrefix:     o.path,
+		HealthPath:     o.health,
+		Env:            env,
+		Balance:        o.balance,
+		MaxQueue:       o.maxQueue,
+		QueueTimeout:   durationpb.New(o.queueTimeout),
+		MaxLifetime:    durationpb.New(o.maxLifetime),
+		MaxMemory:      maxMemory,
+		StopTimeout:    durationpb.New(o.stopTimeout),
+		Static:         static,
+		Cache:          o.cache == "on",
+		BufferingOff:   o.buffering == "off",
+		MaxBody:        maxBody,
+		HttpsRedirect:  o.httpsRedir,
+		Hsts:           o.hsts,
+		RateLimit:      o.rateLimit,
+		RateBurst:      o.rateBurst,
+		Selector:       selector,
+		ReleaseCommand: o.releaseCmd,
 	}, nil
 }
 
@@ -200,22 +219,18 @@ func (o *deployOptions) run(ctx context.Context, g *globals, stdio IO) error {
 		if err := upload(ctx, c, art, digest, size, progress); err != nil {
 			return err
 		}
-		stream, err := c.Deploy(ctx, &herdv1.DeployRequest{Spec: spec, Digest: digest, Timeout: durationpb.New(o.timeout), Force: o.force})
+		stream, err := c.Deploy(ctx, &herdv1.DeployRequest{
+			Spec: spec, Digest: digest, Timeout: durationpb.New(o.timeout), Force: o.force,
+			Batch: o.batch, MinHealthy: durationpb.New(o.minHealthy), Deadline: durationpb.New(o.deadline), NoAutoRevert: o.noRevert,
+		})
 		if err != nil {
 			return err
 		}
-		for {
-			msg, err := stream.Recv()
-			if err != nil {
-				return err
-			}
-			if p := msg.GetProgress(); p != nil {
-				fmt.Fprintf(progress, "%s: %s\n", p.GetNode(), p.GetMessage())
-			}
-			if r := msg.GetResult(); r != nil {
-				return printDeploy(stdio.Out, g.output, r)
-			}
+		r, err := follow(stream.Recv, progress)
+		if err != nil {
+			return err
 		}
+		return printDeploy(stdio.Out, g.output, r)
 	})
 }
 

@@ -54,7 +54,9 @@ func Main(args []string, stdio IO) int {
 	root.PersistentFlags().StringArrayVar(&g.addrs, "addr", nil, "front gRPC `HOST:PORT`, repeatable; the next is tried if one is down (env HERD_ADDR, comma-separated; default 127.0.0.1:7700)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newDeployCmd(g, stdio), newStatusCmd(g, stdio), newNodesCmd(g, stdio), newLogsCmd(g, stdio), newRaftCmd(g, stdio))
+	root.AddCommand(newDeployCmd(g, stdio), newStatusCmd(g, stdio), newNodesCmd(g, stdio), newLogsCmd(g, stdio), newRaftCmd(g, stdio),
+		newRollbackCmd(g, stdio), newScaleCmd(g, stdio), newRestartCmd(g, stdio), newDestroyCmd(g, stdio),
+		newHistoryCmd(g, stdio), newDrainCmd(g, stdio), newUndrainCmd(g, stdio))
 	root.CompletionOptions.DisableDefaultCmd = true
 
 	err := root.ExecuteContext(context.Background())

@@ -236,7 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 		refreshMu.Lock()
 		defer refreshMu.Unlock()
 		nodes := cl.Nodes()
-		px.SetRoutes(routes(st.List(), nodes, files))
+		px.SetRoutes(routes(st.List(), nodes, files, st.Drained()))
 		acks.applied(nodes)
 	}
 	files.onReady = refresh
@@ -482,10 +482,10 @@ func adminMux(reg *prometheus.Registry) *http.ServeMux {
 }
 
 // routes builds the routing table from the desired state (which app owns
-// which hosts) and gossip (which endpoints are ready). A node's endpoints
-// count only on the node's own address, so a node cannot claim traffic for
-// another host.
-func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFiles) []proxy.Route {
+// which hosts, which nodes are drained) and gossip (which endpoints are
+// ready). A node's endpoints count only on the node's own address, so a
+// node cannot claim traffic for another host; a drained node gets none.
+func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFiles, drained map[string]bool) []proxy.Route {
 	eps := map[string][]proxy.Endpoint{}
 	running := map[string][]string{} // app -> digests live nodes run
 	for _, n := range nodes {
@@ -495,6 +495,9 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFile
 		for _, a := range n.State.GetApps() {
 			if d := a.GetDigest(); d != "" && !slices.Contains(running[a.GetApp()], d) {
 				running[a.GetApp()] = append(running[a.GetApp()], d)
+			}
+			if drained[n.Name] || n.State.GetDrained() {
+				continue
 			}
 			for _, e := range a.GetEndpoints() {
 				if h, _, err := net.SplitHostPort(e.GetAddress()); err == nil && h == n.Addr {

@@ -59,6 +59,18 @@ func (f *fsm) Apply(l *raft.Log) any {
 		res = f.finish(&cmd, op.FinishRollout)
 	case *herdv1.StateCommand_AssignRelease:
 		res = f.assign(op.AssignRelease)
+	case *herdv1.StateCommand_SetDrain:
+		n := f.node(op.SetDrain.GetNode())
+		n.Drained, n.KeepWorkers = op.SetDrain.GetDrained(), op.SetDrain.GetKeepWorkers() && op.SetDrain.GetDrained()
+	case *herdv1.StateCommand_DestroyApp:
+		res = f.destroy(&cmd, op.DestroyApp)
+	case *herdv1.StateCommand_RolloutStep:
+		r := f.apps[op.RolloutStep.GetApp()].GetRollout()
+		if r == nil || r.GetId() != op.RolloutStep.GetRollout() {
+			res = fmt.Errorf("%w: rollout %d of %s is no longer in progress", ErrConflict, op.RolloutStep.GetRollout(), op.RolloutStep.GetApp())
+			break
+		}
+		r.ReleaseCommandDone = r.ReleaseCommandDone || op.RolloutStep.GetReleaseCommandDone()
 	default:
 		res = fmt.Errorf("state: log entry %d has an operation this front does not know", l.Index)
 	}
@@ -104,7 +116,13 @@ func (f *fsm) begin(cmd *herdv1.StateCommand, b *herdv1.BeginRollout) any {
 	}
 	var rel *herdv1.Release
 	changed := true
-	if cur := a.GetCurrent(); cur != nil && cur.GetDigest() == b.GetDigest() {
+	if b.GetRestart() {
+		if a.GetCurrent() == nil {
+			return fmt.Errorf("%w: no app %s to restart", ErrNotFound, spec.GetName())
+		}
+		rel = proto.CloneOf(a.GetCurrent())
+		rel.Restart++
+	} else if cur := a.GetCurrent(); cur != nil && cur.GetDigest() == b.GetDigest() {
 		if proto.Equal(cur.GetSpec(), spec) {
 			rel, changed = proto.CloneOf(cur), false
 		} else {
@@ -128,7 +146,14 @@ func (f *fsm) begin(cmd *herdv1.StateCommand, b *herdv1.BeginRollout) any {
 		}
 	}
 	f.lastRollout++
-	a.Rollout = &herdv1.Rollout{Id: f.lastRollout, Release: rel, Front: b.GetFront(), Started: cmd.GetTime(), Changed: changed}
+	previous := map[string]string{}
+	for name, n := range f.nodes {
+		if id, ok := n.GetAssignments()[spec.GetName()]; ok {
+			previous[name] = id
+		}
+	}
+	a.Rollout = &herdv1.Rollout{Id: f.lastRollout, Release: rel, Front: b.GetFront(), Started: cmd.GetTime(), Changed: changed,
+		Note: b.GetNote(), Plan: b.GetPlan(), Previous: previous}
 	return beginResult{Rollout: proto.CloneOf(a.Rollout)}
 }
 
@@ -148,6 +173,7 @@ func (f *fsm) finish(cmd *herdv1.StateCommand, fin *herdv1.FinishRollout) any {
 	}
 	if fin.GetOk() {
 		a.Current = proto.CloneOf(rel)
+		a.Destroyed = false
 		// Every node of the app is to run it now, including those that
 		// were away: they converge when they are back.
 		for _, n := range f.nodes {
@@ -157,9 +183,29 @@ func (f *fsm) finish(cmd *herdv1.StateCommand, fin *herdv1.FinishRollout) any {
 		}
 	}
 	if r.GetChanged() || !fin.GetOk() {
-		f.addHistory(a, &herdv1.HistoryEntry{Release: rel, Finished: cmd.GetTime(), Ok: fin.GetOk(), Error: fin.GetError()})
+		f.addHistory(a, &herdv1.HistoryEntry{Release: rel, Finished: cmd.GetTime(), Ok: fin.GetOk(), Error: fin.GetError(), Note: r.GetNote()})
 	}
 	a.Rollout = nil
+	return nil
+}
+
+// destroy removes an app's current release and assignments (nodes then
+// stop it); its history and release numbers stay, so a later deploy
+// continues them.
+func (f *fsm) destroy(cmd *herdv1.StateCommand, d *herdv1.DestroyApp) any {
+	a := f.apps[d.GetApp()]
+	if a.GetCurrent() == nil && a.GetRollout() == nil {
+		return fmt.Errorf("%w: no app %s", ErrNotFound, d.GetApp())
+	}
+	if r := a.GetRollout(); r != nil {
+		return &BusyError{Rollout: proto.CloneOf(r)}
+	}
+	f.addHistory(a, &herdv1.HistoryEntry{Release: a.GetCurrent(), Finished: cmd.GetTime(), Ok: true, Note: "destroyed"})
+	a.Current = nil
+	a.Destroyed = true
+	for _, n := range f.nodes {
+		delete(n.Assignments, d.GetApp())
+	}
 	return nil
 }
 

@@ -305,9 +305,13 @@ func (s *Store) Assignment(node string) []*herdv1.Release {
 // false) or only the worker count did. A rollout of the app in progress
 // refuses it with a *BusyError unless force supersedes it.
 func (s *Store) Begin(spec *herdv1.AppSpec, digest, front string, force bool) (*herdv1.Rollout, error) {
-	res, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_BeginRollout{BeginRollout: &herdv1.BeginRollout{
-		Spec: spec, Digest: digest, Front: front, Force: force,
-	}}})
+	return s.BeginRollout(&herdv1.BeginRollout{Spec: spec, Digest: digest, Front: front, Force: force})
+}
+
+// BeginRollout is Begin with every option (a restart, a note for the
+// history).
+func (s *Store) BeginRollout(b *herdv1.BeginRollout) (*herdv1.Rollout, error) {
+	res, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_BeginRollout{BeginRollout: b}})
 	if err != nil {
 		return nil, err
 	}
@@ -330,6 +334,65 @@ func (s *Store) Assign(node, app, release string) error {
 		Node: node, App: app, Release: release,
 	}}})
 	return err
+}
+
+// Step records that a rollout's release command succeeded.
+func (s *Store) Step(step *herdv1.RolloutStep) error {
+	_, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_RolloutStep{RolloutStep: step}})
+	return err
+}
+
+// Release finds one of an app's releases by id (current, in progress or
+// in the history); nil if none.
+func (s *Store) Release(app, id string) *herdv1.Release {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	if r := s.fsm.release(app, id); r != nil {
+		return proto.CloneOf(r)
+	}
+	return nil
+}
+
+// SetDrain drains or undrains a node.
+func (s *Store) SetDrain(d *herdv1.SetDrain) error {
+	_, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_SetDrain{SetDrain: d}})
+	return err
+}
+
+// Destroy removes an app (refused with a *BusyError during a rollout).
+func (s *Store) Destroy(app string) error {
+	_, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_DestroyApp{DestroyApp: &herdv1.DestroyApp{App: app}}})
+	return err
+}
+
+// Node returns what the state says about a node (nil if nothing).
+func (s *Store) Node(name string) *herdv1.NodeRecord {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	if n := s.fsm.nodes[name]; n != nil {
+		return proto.CloneOf(n)
+	}
+	return nil
+}
+
+// Drained returns the drained nodes.
+func (s *Store) Drained() map[string]bool {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	out := map[string]bool{}
+	for name, n := range s.fsm.nodes {
+		if n.GetDrained() {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// Destroyed says whether an app was destroyed (and not deployed since).
+func (s *Store) Destroyed(app string) bool {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	return s.fsm.apps[app].GetDestroyed()
 }
 
 // apply commits a command through the log and returns what the state

@@ -511,6 +511,321 @@ func (x *AgentLogsResponse) GetCaughtUp() bool {
 	return false
 }
 
+type RemoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	App           string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRequest) Reset() {
+	*x = RemoveRequest{}
+	mi := &file_herd_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRequest) ProtoMessage() {}
+
+func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
+func (*RemoveRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RemoveRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+type RemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         *NodeState             `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveResponse) Reset() {
+	*x = RemoveResponse{}
+	mi := &file_herd_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveResponse) ProtoMessage() {}
+
+func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
+func (*RemoveResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RemoveResponse) GetState() *NodeState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type SetDrainedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Drained       bool                   `protobuf:"varint,1,opt,name=drained,proto3" json:"drained,omitempty"`
+	KeepWorkers   bool                   `protobuf:"varint,3,opt,name=keep_workers,json=keepWorkers,proto3" json:"keep_workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrainedRequest) Reset() {
+	*x = SetDrainedRequest{}
+	mi := &file_herd_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrainedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrainedRequest) ProtoMessage() {}
+
+func (x *SetDrainedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrainedRequest.ProtoReflect.Descriptor instead.
+func (*SetDrainedRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetDrainedRequest) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+func (x *SetDrainedRequest) GetKeepWorkers() bool {
+	if x != nil {
+		return x.KeepWorkers
+	}
+	return false
+}
+
+type SetDrainedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         *NodeState             `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrainedResponse) Reset() {
+	*x = SetDrainedResponse{}
+	mi := &file_herd_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrainedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrainedResponse) ProtoMessage() {}
+
+func (x *SetDrainedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrainedResponse.ProtoReflect.Descriptor instead.
+func (*SetDrainedResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SetDrainedResponse) GetState() *NodeState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+type RunTaskRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Release         *Release               `protobuf:"bytes,1,opt,name=release,proto3" json:"release,omitempty"`
+	Command         string                 `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	ArtifactSources []string               `protobuf:"bytes,3,rep,name=artifact_sources,json=artifactSources,proto3" json:"artifact_sources,omitempty"`
+	Timeout         *durationpb.Duration   `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RunTaskRequest) Reset() {
+	*x = RunTaskRequest{}
+	mi := &file_herd_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunTaskRequest) ProtoMessage() {}
+
+func (x *RunTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunTaskRequest.ProtoReflect.Descriptor instead.
+func (*RunTaskRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RunTaskRequest) GetRelease() *Release {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+func (x *RunTaskRequest) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *RunTaskRequest) GetArtifactSources() []string {
+	if x != nil {
+		return x.ArtifactSources
+	}
+	return nil
+}
+
+func (x *RunTaskRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+type RunTaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0 on success.
+	ExitCode int32 `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// How it ended ("exited with status 1", "killed after 5m0s").
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// The last lines of its output (stdout and stderr).
+	Output        string `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunTaskResponse) Reset() {
+	*x = RunTaskResponse{}
+	mi := &file_herd_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunTaskResponse) ProtoMessage() {}
+
+func (x *RunTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunTaskResponse.ProtoReflect.Descriptor instead.
+func (*RunTaskResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RunTaskResponse) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *RunTaskResponse) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *RunTaskResponse) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
 var File_herd_v1_agent_proto protoreflect.FileDescriptor
 
 const file_herd_v1_agent_proto_rawDesc = "" +
@@ -542,13 +857,35 @@ const file_herd_v1_agent_proto_rawDesc = "" +
 	"\x06follow\x18\x04 \x01(\bR\x06follow\"X\n" +
 	"\x11AgentLogsResponse\x12&\n" +
 	"\x05lines\x18\x01 \x03(\v2\x10.herd.v1.LogLineR\x05lines\x12\x1b\n" +
-	"\tcaught_up\x18\x02 \x01(\bR\bcaughtUp2\xcc\x02\n" +
+	"\tcaught_up\x18\x02 \x01(\bR\bcaughtUp\"!\n" +
+	"\rRemoveRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\":\n" +
+	"\x0eRemoveResponse\x12(\n" +
+	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"P\n" +
+	"\x11SetDrainedRequest\x12\x18\n" +
+	"\adrained\x18\x01 \x01(\bR\adrained\x12!\n" +
+	"\fkeep_workers\x18\x03 \x01(\bR\vkeepWorkers\">\n" +
+	"\x12SetDrainedResponse\x12(\n" +
+	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"\xb6\x01\n" +
+	"\x0eRunTaskRequest\x12*\n" +
+	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\tR\acommand\x12)\n" +
+	"\x10artifact_sources\x18\x03 \x03(\tR\x0fartifactSources\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"^\n" +
+	"\x0fRunTaskResponse\x12\x1b\n" +
+	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
+	"\x06output\x18\x03 \x01(\tR\x06output2\x8c\x04\n" +
 	"\x05Agent\x126\n" +
 	"\x05Apply\x12\x15.herd.v1.ApplyRequest\x1a\x16.herd.v1.ApplyResponse\x12?\n" +
 	"\bGetState\x12\x18.herd.v1.GetStateRequest\x1a\x19.herd.v1.GetStateResponse\x12?\n" +
 	"\bAckState\x12\x18.herd.v1.AckStateRequest\x1a\x19.herd.v1.AckStateResponse\x12H\n" +
 	"\vListWorkers\x12\x1b.herd.v1.ListWorkersRequest\x1a\x1c.herd.v1.ListWorkersResponse\x12?\n" +
-	"\x04Logs\x12\x19.herd.v1.AgentLogsRequest\x1a\x1a.herd.v1.AgentLogsResponse0\x01B\x8c\x01\n" +
+	"\x04Logs\x12\x19.herd.v1.AgentLogsRequest\x1a\x1a.herd.v1.AgentLogsResponse0\x01\x129\n" +
+	"\x06Remove\x12\x16.herd.v1.RemoveRequest\x1a\x17.herd.v1.RemoveResponse\x12E\n" +
+	"\n" +
+	"SetDrained\x12\x1a.herd.v1.SetDrainedRequest\x1a\x1b.herd.v1.SetDrainedResponse\x12<\n" +
+	"\aRunTask\x12\x17.herd.v1.RunTaskRequest\x1a\x18.herd.v1.RunTaskResponseB\x8c\x01\n" +
 	"\vcom.herd.v1B\n" +
 	"AgentProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
@@ -564,7 +901,7 @@ func file_herd_v1_agent_proto_rawDescGZIP() []byte {
 	return file_herd_v1_agent_proto_rawDescData
 }
 
-var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_herd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_herd_v1_agent_proto_goTypes = []any{
 	(*ApplyRequest)(nil),          // 0: herd.v1.ApplyRequest
 	(*ApplyResponse)(nil),         // 1: herd.v1.ApplyResponse
@@ -576,36 +913,52 @@ var file_herd_v1_agent_proto_goTypes = []any{
 	(*ListWorkersResponse)(nil),   // 7: herd.v1.ListWorkersResponse
 	(*AgentLogsRequest)(nil),      // 8: herd.v1.AgentLogsRequest
 	(*AgentLogsResponse)(nil),     // 9: herd.v1.AgentLogsResponse
-	(*Release)(nil),               // 10: herd.v1.Release
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*NodeState)(nil),             // 12: herd.v1.NodeState
-	(*WorkerStatus)(nil),          // 13: herd.v1.WorkerStatus
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*LogLine)(nil),               // 15: herd.v1.LogLine
+	(*RemoveRequest)(nil),         // 10: herd.v1.RemoveRequest
+	(*RemoveResponse)(nil),        // 11: herd.v1.RemoveResponse
+	(*SetDrainedRequest)(nil),     // 12: herd.v1.SetDrainedRequest
+	(*SetDrainedResponse)(nil),    // 13: herd.v1.SetDrainedResponse
+	(*RunTaskRequest)(nil),        // 14: herd.v1.RunTaskRequest
+	(*RunTaskResponse)(nil),       // 15: herd.v1.RunTaskResponse
+	(*Release)(nil),               // 16: herd.v1.Release
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*NodeState)(nil),             // 18: herd.v1.NodeState
+	(*WorkerStatus)(nil),          // 19: herd.v1.WorkerStatus
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*LogLine)(nil),               // 21: herd.v1.LogLine
 }
 var file_herd_v1_agent_proto_depIdxs = []int32{
-	10, // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
-	11, // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
-	12, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
-	12, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
-	13, // 4: herd.v1.ListWorkersResponse.workers:type_name -> herd.v1.WorkerStatus
-	14, // 5: herd.v1.AgentLogsRequest.since:type_name -> google.protobuf.Timestamp
-	15, // 6: herd.v1.AgentLogsResponse.lines:type_name -> herd.v1.LogLine
-	0,  // 7: herd.v1.Agent.Apply:input_type -> herd.v1.ApplyRequest
-	2,  // 8: herd.v1.Agent.GetState:input_type -> herd.v1.GetStateRequest
-	4,  // 9: herd.v1.Agent.AckState:input_type -> herd.v1.AckStateRequest
-	6,  // 10: herd.v1.Agent.ListWorkers:input_type -> herd.v1.ListWorkersRequest
-	8,  // 11: herd.v1.Agent.Logs:input_type -> herd.v1.AgentLogsRequest
-	1,  // 12: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
-	3,  // 13: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
-	5,  // 14: herd.v1.Agent.AckState:output_type -> herd.v1.AckStateResponse
-	7,  // 15: herd.v1.Agent.ListWorkers:output_type -> herd.v1.ListWorkersResponse
-	9,  // 16: herd.v1.Agent.Logs:output_type -> herd.v1.AgentLogsResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	16, // 0: herd.v1.ApplyRequest.release:type_name -> herd.v1.Release
+	17, // 1: herd.v1.ApplyRequest.timeout:type_name -> google.protobuf.Duration
+	18, // 2: herd.v1.ApplyResponse.state:type_name -> herd.v1.NodeState
+	18, // 3: herd.v1.GetStateResponse.state:type_name -> herd.v1.NodeState
+	19, // 4: herd.v1.ListWorkersResponse.workers:type_name -> herd.v1.WorkerStatus
+	20, // 5: herd.v1.AgentLogsRequest.since:type_name -> google.protobuf.Timestamp
+	21, // 6: herd.v1.AgentLogsResponse.lines:type_name -> herd.v1.LogLine
+	18, // 7: herd.v1.RemoveResponse.state:type_name -> herd.v1.NodeState
+	18, // 8: herd.v1.SetDrainedResponse.state:type_name -> herd.v1.NodeState
+	16, // 9: herd.v1.RunTaskRequest.release:type_name -> herd.v1.Release
+	17, // 10: herd.v1.RunTaskRequest.timeout:type_name -> google.protobuf.Duration
+	0,  // 11: herd.v1.Agent.Apply:input_type -> herd.v1.ApplyRequest
+	2,  // 12: herd.v1.Agent.GetState:input_type -> herd.v1.GetStateRequest
+	4,  // 13: herd.v1.Agent.AckState:input_type -> herd.v1.AckStateRequest
+	6,  // 14: herd.v1.Agent.ListWorkers:input_type -> herd.v1.ListWorkersRequest
+	8,  // 15: herd.v1.Agent.Logs:input_type -> herd.v1.AgentLogsRequest
+	10, // 16: herd.v1.Agent.Remove:input_type -> herd.v1.RemoveRequest
+	12, // 17: herd.v1.Agent.SetDrained:input_type -> herd.v1.SetDrainedRequest
+	14, // 18: herd.v1.Agent.RunTask:input_type -> herd.v1.RunTaskRequest
+	1,  // 19: herd.v1.Agent.Apply:output_type -> herd.v1.ApplyResponse
+	3,  // 20: herd.v1.Agent.GetState:output_type -> herd.v1.GetStateResponse
+	5,  // 21: herd.v1.Agent.AckState:output_type -> herd.v1.AckStateResponse
+	7,  // 22: herd.v1.Agent.ListWorkers:output_type -> herd.v1.ListWorkersResponse
+	9,  // 23: herd.v1.Agent.Logs:output_type -> herd.v1.AgentLogsResponse
+	11, // 24: herd.v1.Agent.Remove:output_type -> herd.v1.RemoveResponse
+	13, // 25: herd.v1.Agent.SetDrained:output_type -> herd.v1.SetDrainedResponse
+	15, // 26: herd.v1.Agent.RunTask:output_type -> herd.v1.RunTaskResponse
+	19, // [19:27] is the sub-list for method output_type
+	11, // [11:19] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_agent_proto_init() }
@@ -620,7 +973,7 @@ func file_herd_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_agent_proto_rawDesc), len(file_herd_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,9 @@ const (
 	Agent_AckState_FullMethodName    = "/herd.v1.Agent/AckState"
 	Agent_ListWorkers_FullMethodName = "/herd.v1.Agent/ListWorkers"
 	Agent_Logs_FullMethodName        = "/herd.v1.Agent/Logs"
+	Agent_Remove_FullMethodName      = "/herd.v1.Agent/Remove"
+	Agent_SetDrained_FullMethodName  = "/herd.v1.Agent/SetDrained"
+	Agent_RunTask_FullMethodName     = "/herd.v1.Agent/RunTask"
 )
 
 // AgentClient is the client API for Agent service.
@@ -49,6 +52,16 @@ type AgentClient interface {
 	// Logs streams the app's worker output kept on the node: lines since a
 	// time in time order, then (with follow) new lines as they are written.
 	Logs(ctx context.Context, in *AgentLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AgentLogsResponse], error)
+	// Remove stops an app on the node: its endpoints are withdrawn, the
+	// fronts acknowledge, then its workers stop gracefully.
+	Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*RemoveResponse, error)
+	// SetDrained drains the node (withdraw every endpoint, then stop the
+	// workers unless kept) or undrains it (start the apps again). The flag
+	// survives restarts.
+	SetDrained(ctx context.Context, in *SetDrainedRequest, opts ...grpc.CallOption) (*SetDrainedResponse, error)
+	// RunTask runs a release's command once (the release command) in the
+	// release directory and returns how it ended and its output's tail.
+	RunTask(ctx context.Context, in *RunTaskRequest, opts ...grpc.CallOption) (*RunTaskResponse, error)
 }
 
 type agentClient struct {
@@ -118,6 +131,36 @@ func (c *agentClient) Logs(ctx context.Context, in *AgentLogsRequest, opts ...gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_LogsClient = grpc.ServerStreamingClient[AgentLogsResponse]
 
+func (c *agentClient) Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*RemoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveResponse)
+	err := c.cc.Invoke(ctx, Agent_Remove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) SetDrained(ctx context.Context, in *SetDrainedRequest, opts ...grpc.CallOption) (*SetDrainedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetDrainedResponse)
+	err := c.cc.Invoke(ctx, Agent_SetDrained_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) RunTask(ctx context.Context, in *RunTaskRequest, opts ...grpc.CallOption) (*RunTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunTaskResponse)
+	err := c.cc.Invoke(ctx, Agent_RunTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -141,6 +184,16 @@ type AgentServer interface {
 	// Logs streams the app's worker output kept on the node: lines since a
 	// time in time order, then (with follow) new lines as they are written.
 	Logs(*AgentLogsRequest, grpc.ServerStreamingServer[AgentLogsResponse]) error
+	// Remove stops an app on the node: its endpoints are withdrawn, the
+	// fronts acknowledge, then its workers stop gracefully.
+	Remove(context.Context, *RemoveRequest) (*RemoveResponse, error)
+	// SetDrained drains the node (withdraw every endpoint, then stop the
+	// workers unless kept) or undrains it (start the apps again). The flag
+	// survives restarts.
+	SetDrained(context.Context, *SetDrainedRequest) (*SetDrainedResponse, error)
+	// RunTask runs a release's command once (the release command) in the
+	// release directory and returns how it ended and its output's tail.
+	RunTask(context.Context, *RunTaskRequest) (*RunTaskResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -165,6 +218,15 @@ func (UnimplementedAgentServer) ListWorkers(context.Context, *ListWorkersRequest
 }
 func (UnimplementedAgentServer) Logs(*AgentLogsRequest, grpc.ServerStreamingServer[AgentLogsResponse]) error {
 	return status.Error(codes.Unimplemented, "method Logs not implemented")
+}
+func (UnimplementedAgentServer) Remove(context.Context, *RemoveRequest) (*RemoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Remove not implemented")
+}
+func (UnimplementedAgentServer) SetDrained(context.Context, *SetDrainedRequest) (*SetDrainedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetDrained not implemented")
+}
+func (UnimplementedAgentServer) RunTask(context.Context, *RunTaskRequest) (*RunTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunTask not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -270,6 +332,60 @@ func _Agent_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_LogsServer = grpc.ServerStreamingServer[AgentLogsResponse]
 
+func _Agent_Remove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Remove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Remove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Remove(ctx, req.(*RemoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_SetDrained_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetDrainedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).SetDrained(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_SetDrained_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).SetDrained(ctx, req.(*SetDrainedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_RunTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).RunTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_RunTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).RunTask(ctx, req.(*RunTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -292,6 +408,18 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _Agent_ListWorkers_Handler,
+		},
+		{
+			MethodName: "Remove",
+			Handler:    _Agent_Remove_Handler,
+		},
+		{
+			MethodName: "SetDrained",
+			Handler:    _Agent_SetDrained_Handler,
+		},
+		{
+			MethodName: "RunTask",
+			Handler:    _Agent_RunTask_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -414,7 +414,17 @@ type DeployRequest struct {
 	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// Supersede a deploy of the app that is in progress instead of being
 	// refused.
-	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	Force bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	// Rollout: nodes move in batches of this many ("2") or this share of
+	// the nodes ("25%"); empty: all at once.
+	Batch string `protobuf:"bytes,5,opt,name=batch,proto3" json:"batch,omitempty"`
+	// Each batch must stay healthy this long before the next moves.
+	MinHealthy *durationpb.Duration `protobuf:"bytes,6,opt,name=min_healthy,json=minHealthy,proto3" json:"min_healthy,omitempty"`
+	// How long a batch may take to be ready and healthy (0: timeout).
+	Deadline *durationpb.Duration `protobuf:"bytes,7,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// Keep the nodes already moved when a batch fails, instead of moving
+	// them back.
+	NoAutoRevert  bool `protobuf:"varint,8,opt,name=no_auto_revert,json=noAutoRevert,proto3" json:"no_auto_revert,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -473,6 +483,34 @@ func (x *DeployRequest) GetTimeout() *durationpb.Duration {
 func (x *DeployRequest) GetForce() bool {
 	if x != nil {
 		return x.Force
+	}
+	return false
+}
+
+func (x *DeployRequest) GetBatch() string {
+	if x != nil {
+		return x.Batch
+	}
+	return ""
+}
+
+func (x *DeployRequest) GetMinHealthy() *durationpb.Duration {
+	if x != nil {
+		return x.MinHealthy
+	}
+	return nil
+}
+
+func (x *DeployRequest) GetDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *DeployRequest) GetNoAutoRevert() bool {
+	if x != nil {
+		return x.NoAutoRevert
 	}
 	return false
 }
@@ -560,9 +598,15 @@ func (*DeployResponse_Progress) isDeployResponse_Event() {}
 func (*DeployResponse_Result) isDeployResponse_Event() {}
 
 type DeployProgress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node the message is about; empty for the rollout as a whole.
+	Node    string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Batch number (from 1) and how many there are; 0 outside batches.
+	Batch   uint32 `protobuf:"varint,3,opt,name=batch,proto3" json:"batch,omitempty"`
+	Batches uint32 `protobuf:"varint,4,opt,name=batches,proto3" json:"batches,omitempty"`
+	// The release being rolled out.
+	Release       string `protobuf:"bytes,5,opt,name=release,proto3" json:"release,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -607,6 +651,27 @@ func (x *DeployProgress) GetNode() string {
 func (x *DeployProgress) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *DeployProgress) GetBatch() uint32 {
+	if x != nil {
+		return x.Batch
+	}
+	return 0
+}
+
+func (x *DeployProgress) GetBatches() uint32 {
+	if x != nil {
+		return x.Batches
+	}
+	return 0
+}
+
+func (x *DeployProgress) GetRelease() string {
+	if x != nil {
+		return x.Release
 	}
 	return ""
 }
@@ -672,6 +737,863 @@ func (x *DeployResult) GetNodes() []*NodeResult {
 	return nil
 }
 
+type RollbackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	App   string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	// The release to go back to ("v3"); empty: the one before the current.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Batch         string `protobuf:"bytes,3,opt,name=batch,proto3" json:"batch,omitempty"`
+	Force         bool   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackRequest) Reset() {
+	*x = RollbackRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackRequest) ProtoMessage() {}
+
+func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackRequest.ProtoReflect.Descriptor instead.
+func (*RollbackRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RollbackRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *RollbackRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *RollbackRequest) GetBatch() string {
+	if x != nil {
+		return x.Batch
+	}
+	return ""
+}
+
+func (x *RollbackRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// RollbackResponse, ScaleResponse and RestartResponse stream like
+// DeployResponse: progress, then the result.
+type RollbackResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*RollbackResponse_Progress
+	//	*RollbackResponse_Result
+	Event         isRollbackResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackResponse) Reset() {
+	*x = RollbackResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackResponse) ProtoMessage() {}
+
+func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackResponse.ProtoReflect.Descriptor instead.
+func (*RollbackResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RollbackResponse) GetEvent() isRollbackResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *RollbackResponse) GetProgress() *DeployProgress {
+	if x != nil {
+		if x, ok := x.Event.(*RollbackResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *RollbackResponse) GetResult() *DeployResult {
+	if x != nil {
+		if x, ok := x.Event.(*RollbackResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isRollbackResponse_Event interface {
+	isRollbackResponse_Event()
+}
+
+type RollbackResponse_Progress struct {
+	Progress *DeployProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type RollbackResponse_Result struct {
+	Result *DeployResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*RollbackResponse_Progress) isRollbackResponse_Event() {}
+
+func (*RollbackResponse_Result) isRollbackResponse_Event() {}
+
+type ScaleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	App           string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	Workers       uint32                 `protobuf:"varint,2,opt,name=workers,proto3" json:"workers,omitempty"`
+	Force         bool                   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleRequest) Reset() {
+	*x = ScaleRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleRequest) ProtoMessage() {}
+
+func (x *ScaleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleRequest.ProtoReflect.Descriptor instead.
+func (*ScaleRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ScaleRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *ScaleRequest) GetWorkers() uint32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *ScaleRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type ScaleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*ScaleResponse_Progress
+	//	*ScaleResponse_Result
+	Event         isScaleResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScaleResponse) Reset() {
+	*x = ScaleResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScaleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScaleResponse) ProtoMessage() {}
+
+func (x *ScaleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScaleResponse.ProtoReflect.Descriptor instead.
+func (*ScaleResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ScaleResponse) GetEvent() isScaleResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ScaleResponse) GetProgress() *DeployProgress {
+	if x != nil {
+		if x, ok := x.Event.(*ScaleResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *ScaleResponse) GetResult() *DeployResult {
+	if x != nil {
+		if x, ok := x.Event.(*ScaleResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isScaleResponse_Event interface {
+	isScaleResponse_Event()
+}
+
+type ScaleResponse_Progress struct {
+	Progress *DeployProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type ScaleResponse_Result struct {
+	Result *DeployResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*ScaleResponse_Progress) isScaleResponse_Event() {}
+
+func (*ScaleResponse_Result) isScaleResponse_Event() {}
+
+type RestartRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	App           string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	Batch         string                 `protobuf:"bytes,2,opt,name=batch,proto3" json:"batch,omitempty"`
+	Force         bool                   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartRequest) Reset() {
+	*x = RestartRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartRequest) ProtoMessage() {}
+
+func (x *RestartRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
+func (*RestartRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RestartRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *RestartRequest) GetBatch() string {
+	if x != nil {
+		return x.Batch
+	}
+	return ""
+}
+
+func (x *RestartRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RestartResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*RestartResponse_Progress
+	//	*RestartResponse_Result
+	Event         isRestartResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartResponse) Reset() {
+	*x = RestartResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartResponse) ProtoMessage() {}
+
+func (x *RestartResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartResponse.ProtoReflect.Descriptor instead.
+func (*RestartResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RestartResponse) GetEvent() isRestartResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *RestartResponse) GetProgress() *DeployProgress {
+	if x != nil {
+		if x, ok := x.Event.(*RestartResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *RestartResponse) GetResult() *DeployResult {
+	if x != nil {
+		if x, ok := x.Event.(*RestartResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isRestartResponse_Event interface {
+	isRestartResponse_Event()
+}
+
+type RestartResponse_Progress struct {
+	Progress *DeployProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type RestartResponse_Result struct {
+	Result *DeployResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*RestartResponse_Progress) isRestartResponse_Event() {}
+
+func (*RestartResponse_Result) isRestartResponse_Event() {}
+
+type DestroyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	App           string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyRequest) Reset() {
+	*x = DestroyRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyRequest) ProtoMessage() {}
+
+func (x *DestroyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyRequest.ProtoReflect.Descriptor instead.
+func (*DestroyRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DestroyRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+type DestroyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyResponse) Reset() {
+	*x = DestroyResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyResponse) ProtoMessage() {}
+
+func (x *DestroyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyResponse.ProtoReflect.Descriptor instead.
+func (*DestroyResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{18}
+}
+
+type HistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	App           string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryRequest) Reset() {
+	*x = HistoryRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryRequest) ProtoMessage() {}
+
+func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
+func (*HistoryRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *HistoryRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+type HistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Oldest first.
+	Items []*HistoryItem `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// The app's current release id.
+	Current       string `protobuf:"bytes,2,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryResponse) Reset() {
+	*x = HistoryResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryResponse) ProtoMessage() {}
+
+func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
+func (*HistoryResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *HistoryResponse) GetItems() []*HistoryItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *HistoryResponse) GetCurrent() string {
+	if x != nil {
+		return x.Current
+	}
+	return ""
+}
+
+// HistoryItem is one finished rollout of an app.
+type HistoryItem struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Release  *Release               `protobuf:"bytes,1,opt,name=release,proto3" json:"release,omitempty"`
+	Finished *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=finished,proto3" json:"finished,omitempty"`
+	Ok       bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	// Why it failed, or "superseded" / "interrupted" / what it was
+	// ("rollback to v3", "restart", "scale").
+	Note          string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryItem) Reset() {
+	*x = HistoryItem{}
+	mi := &file_herd_v1_control_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryItem) ProtoMessage() {}
+
+func (x *HistoryItem) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryItem.ProtoReflect.Descriptor instead.
+func (*HistoryItem) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *HistoryItem) GetRelease() *Release {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+func (x *HistoryItem) GetFinished() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Finished
+	}
+	return nil
+}
+
+func (x *HistoryItem) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *HistoryItem) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+type DrainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Leave the workers running, idle. Otherwise they stop gracefully once
+	// every front stopped sending them requests (in-flight requests get the
+	// app's --stop-timeout).
+	KeepWorkers   bool `protobuf:"varint,3,opt,name=keep_workers,json=keepWorkers,proto3" json:"keep_workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainRequest) Reset() {
+	*x = DrainRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainRequest) ProtoMessage() {}
+
+func (x *DrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
+func (*DrainRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DrainRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *DrainRequest) GetKeepWorkers() bool {
+	if x != nil {
+		return x.KeepWorkers
+	}
+	return false
+}
+
+type DrainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainResponse) Reset() {
+	*x = DrainResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainResponse) ProtoMessage() {}
+
+func (x *DrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
+func (*DrainResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{23}
+}
+
+type UndrainRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainRequest) Reset() {
+	*x = UndrainRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainRequest) ProtoMessage() {}
+
+func (x *UndrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainRequest.ProtoReflect.Descriptor instead.
+func (*UndrainRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UndrainRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type UndrainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainResponse) Reset() {
+	*x = UndrainResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainResponse) ProtoMessage() {}
+
+func (x *UndrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainResponse.ProtoReflect.Descriptor instead.
+func (*UndrainResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{25}
+}
+
 type NodeResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -683,7 +1605,7 @@ type NodeResult struct {
 
 func (x *NodeResult) Reset() {
 	*x = NodeResult{}
-	mi := &file_herd_v1_control_proto_msgTypes[11]
+	mi := &file_herd_v1_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +1617,7 @@ func (x *NodeResult) String() string {
 func (*NodeResult) ProtoMessage() {}
 
 func (x *NodeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[11]
+	mi := &file_herd_v1_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +1630,7 @@ func (x *NodeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeResult.ProtoReflect.Descriptor instead.
 func (*NodeResult) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{11}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeResult) GetNode() string {
@@ -742,7 +1664,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[12]
+	mi := &file_herd_v1_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +1676,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[12]
+	mi := &file_herd_v1_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +1689,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{12}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatusRequest) GetWorkers() bool {
@@ -789,7 +1711,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[13]
+	mi := &file_herd_v1_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1723,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[13]
+	mi := &file_herd_v1_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1736,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{13}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatusResponse) GetApps() []*AppStatus {
@@ -850,7 +1772,7 @@ type StateInfo struct {
 
 func (x *StateInfo) Reset() {
 	*x = StateInfo{}
-	mi := &file_herd_v1_control_proto_msgTypes[14]
+	mi := &file_herd_v1_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1784,7 @@ func (x *StateInfo) String() string {
 func (*StateInfo) ProtoMessage() {}
 
 func (x *StateInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[14]
+	mi := &file_herd_v1_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1797,7 @@ func (x *StateInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateInfo.ProtoReflect.Descriptor instead.
 func (*StateInfo) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{14}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StateInfo) GetFront() string {
@@ -924,7 +1846,7 @@ type AppStatus struct {
 
 func (x *AppStatus) Reset() {
 	*x = AppStatus{}
-	mi := &file_herd_v1_control_proto_msgTypes[15]
+	mi := &file_herd_v1_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1858,7 @@ func (x *AppStatus) String() string {
 func (*AppStatus) ProtoMessage() {}
 
 func (x *AppStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[15]
+	mi := &file_herd_v1_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1871,7 @@ func (x *AppStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppStatus.ProtoReflect.Descriptor instead.
 func (*AppStatus) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{15}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AppStatus) GetRelease() *Release {
@@ -982,7 +1904,7 @@ type AppNodeStatus struct {
 
 func (x *AppNodeStatus) Reset() {
 	*x = AppNodeStatus{}
-	mi := &file_herd_v1_control_proto_msgTypes[16]
+	mi := &file_herd_v1_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1916,7 @@ func (x *AppNodeStatus) String() string {
 func (*AppNodeStatus) ProtoMessage() {}
 
 func (x *AppNodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[16]
+	mi := &file_herd_v1_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1929,7 @@ func (x *AppNodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppNodeStatus.ProtoReflect.Descriptor instead.
 func (*AppNodeStatus) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{16}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AppNodeStatus) GetNode() string {
@@ -1060,7 +1982,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[17]
+	mi := &file_herd_v1_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1994,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[17]
+	mi := &file_herd_v1_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +2007,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{17}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{32}
 }
 
 type ListNodesResponse struct {
@@ -1097,7 +2019,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[18]
+	mi := &file_herd_v1_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +2031,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[18]
+	mi := &file_herd_v1_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +2044,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{18}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListNodesResponse) GetMembers() []*Member {
@@ -1148,7 +2070,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_herd_v1_control_proto_msgTypes[19]
+	mi := &file_herd_v1_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +2082,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[19]
+	mi := &file_herd_v1_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +2095,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{19}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Member) GetName() string {
@@ -1226,7 +2148,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[20]
+	mi := &file_herd_v1_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +2160,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[20]
+	mi := &file_herd_v1_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +2173,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{20}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LogsRequest) GetApp() string {
@@ -1298,7 +2220,7 @@ type LogsResponse struct {
 
 func (x *LogsResponse) Reset() {
 	*x = LogsResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[21]
+	mi := &file_herd_v1_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +2232,7 @@ func (x *LogsResponse) String() string {
 func (*LogsResponse) ProtoMessage() {}
 
 func (x *LogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[21]
+	mi := &file_herd_v1_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +2245,7 @@ func (x *LogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsResponse.ProtoReflect.Descriptor instead.
 func (*LogsResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{21}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LogsResponse) GetLines() []*LogLine {
@@ -1342,7 +2264,7 @@ type GetAssignmentRequest struct {
 
 func (x *GetAssignmentRequest) Reset() {
 	*x = GetAssignmentRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[22]
+	mi := &file_herd_v1_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +2276,7 @@ func (x *GetAssignmentRequest) String() string {
 func (*GetAssignmentRequest) ProtoMessage() {}
 
 func (x *GetAssignmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[22]
+	mi := &file_herd_v1_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +2289,7 @@ func (x *GetAssignmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssignmentRequest.ProtoReflect.Descriptor instead.
 func (*GetAssignmentRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{22}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetAssignmentRequest) GetNode() string {
@@ -1389,7 +2311,7 @@ type GetAssignmentResponse struct {
 
 func (x *GetAssignmentResponse) Reset() {
 	*x = GetAssignmentResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[23]
+	mi := &file_herd_v1_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +2323,7 @@ func (x *GetAssignmentResponse) String() string {
 func (*GetAssignmentResponse) ProtoMessage() {}
 
 func (x *GetAssignmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[23]
+	mi := &file_herd_v1_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +2336,7 @@ func (x *GetAssignmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAssignmentResponse.ProtoReflect.Descriptor instead.
 func (*GetAssignmentResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{23}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetAssignmentResponse) GetReleases() []*Release {
@@ -1442,7 +2364,7 @@ type PullArtifactRequest struct {
 
 func (x *PullArtifactRequest) Reset() {
 	*x = PullArtifactRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[24]
+	mi := &file_herd_v1_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +2376,7 @@ func (x *PullArtifactRequest) String() string {
 func (*PullArtifactRequest) ProtoMessage() {}
 
 func (x *PullArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[24]
+	mi := &file_herd_v1_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +2389,7 @@ func (x *PullArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullArtifactRequest.ProtoReflect.Descriptor instead.
 func (*PullArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{24}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PullArtifactRequest) GetDigest() string {
@@ -1493,7 +2415,7 @@ type PullArtifactResponse struct {
 
 func (x *PullArtifactResponse) Reset() {
 	*x = PullArtifactResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[25]
+	mi := &file_herd_v1_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +2427,7 @@ func (x *PullArtifactResponse) String() string {
 func (*PullArtifactResponse) ProtoMessage() {}
 
 func (x *PullArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[25]
+	mi := &file_herd_v1_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +2440,7 @@ func (x *PullArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullArtifactResponse.ProtoReflect.Descriptor instead.
 func (*PullArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{25}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PullArtifactResponse) GetSize() int64 {
@@ -1536,7 +2458,7 @@ type ListPeersRequest struct {
 
 func (x *ListPeersRequest) Reset() {
 	*x = ListPeersRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[26]
+	mi := &file_herd_v1_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +2470,7 @@ func (x *ListPeersRequest) String() string {
 func (*ListPeersRequest) ProtoMessage() {}
 
 func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[26]
+	mi := &file_herd_v1_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +2483,7 @@ func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{26}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{41}
 }
 
 type ListPeersResponse struct {
@@ -1573,7 +2495,7 @@ type ListPeersResponse struct {
 
 func (x *ListPeersResponse) Reset() {
 	*x = ListPeersResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[27]
+	mi := &file_herd_v1_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +2507,7 @@ func (x *ListPeersResponse) String() string {
 func (*ListPeersResponse) ProtoMessage() {}
 
 func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[27]
+	mi := &file_herd_v1_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +2520,7 @@ func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{27}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListPeersResponse) GetPeers() []*Peer {
@@ -1625,7 +2547,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_herd_v1_control_proto_msgTypes[28]
+	mi := &file_herd_v1_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +2559,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[28]
+	mi := &file_herd_v1_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +2572,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{28}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Peer) GetName() string {
@@ -1697,7 +2619,7 @@ type RemovePeerRequest struct {
 
 func (x *RemovePeerRequest) Reset() {
 	*x = RemovePeerRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[29]
+	mi := &file_herd_v1_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +2631,7 @@ func (x *RemovePeerRequest) String() string {
 func (*RemovePeerRequest) ProtoMessage() {}
 
 func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[29]
+	mi := &file_herd_v1_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +2644,7 @@ func (x *RemovePeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeerRequest.ProtoReflect.Descriptor instead.
 func (*RemovePeerRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{29}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemovePeerRequest) GetName() string {
@@ -1740,7 +2662,7 @@ type RemovePeerResponse struct {
 
 func (x *RemovePeerResponse) Reset() {
 	*x = RemovePeerResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[30]
+	mi := &file_herd_v1_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +2674,7 @@ func (x *RemovePeerResponse) String() string {
 func (*RemovePeerResponse) ProtoMessage() {}
 
 func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[30]
+	mi := &file_herd_v1_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +2687,7 @@ func (x *RemovePeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovePeerResponse.ProtoReflect.Descriptor instead.
 func (*RemovePeerResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{30}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{45}
 }
 
 type ReportStateRequest struct {
@@ -1777,7 +2699,7 @@ type ReportStateRequest struct {
 
 func (x *ReportStateRequest) Reset() {
 	*x = ReportStateRequest{}
-	mi := &file_herd_v1_control_proto_msgTypes[31]
+	mi := &file_herd_v1_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +2711,7 @@ func (x *ReportStateRequest) String() string {
 func (*ReportStateRequest) ProtoMessage() {}
 
 func (x *ReportStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[31]
+	mi := &file_herd_v1_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +2724,7 @@ func (x *ReportStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStateRequest.ProtoReflect.Descriptor instead.
 func (*ReportStateRequest) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{31}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReportStateRequest) GetState() *NodeState {
@@ -1820,7 +2742,7 @@ type ReportStateResponse struct {
 
 func (x *ReportStateResponse) Reset() {
 	*x = ReportStateResponse{}
-	mi := &file_herd_v1_control_proto_msgTypes[32]
+	mi := &file_herd_v1_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +2754,7 @@ func (x *ReportStateResponse) String() string {
 func (*ReportStateResponse) ProtoMessage() {}
 
 func (x *ReportStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_control_proto_msgTypes[32]
+	mi := &file_herd_v1_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +2767,7 @@ func (x *ReportStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStateResponse.ProtoReflect.Descriptor instead.
 func (*ReportStateResponse) Descriptor() ([]byte, []int) {
-	return file_herd_v1_control_proto_rawDescGZIP(), []int{32}
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{47}
 }
 
 var File_herd_v1_control_proto protoreflect.FileDescriptor
@@ -1872,23 +2794,76 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\"A\n" +
 	"\x15FetchArtifactResponse\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x14\n" +
-	"\x05chunk\x18\x02 \x01(\fR\x05chunk\"\x98\x01\n" +
+	"\x05chunk\x18\x02 \x01(\fR\x05chunk\"\xc7\x02\n" +
 	"\rDeployRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.herd.v1.AppSpecR\x04spec\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x123\n" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05force\"\x81\x01\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\x12\x14\n" +
+	"\x05batch\x18\x05 \x01(\tR\x05batch\x12:\n" +
+	"\vmin_healthy\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"minHealthy\x125\n" +
+	"\bdeadline\x18\a \x01(\v2\x19.google.protobuf.DurationR\bdeadline\x12$\n" +
+	"\x0eno_auto_revert\x18\b \x01(\bR\fnoAutoRevert\"\x81\x01\n" +
 	"\x0eDeployResponse\x125\n" +
 	"\bprogress\x18\x01 \x01(\v2\x17.herd.v1.DeployProgressH\x00R\bprogress\x12/\n" +
 	"\x06result\x18\x02 \x01(\v2\x15.herd.v1.DeployResultH\x00R\x06resultB\a\n" +
-	"\x05event\">\n" +
+	"\x05event\"\x88\x01\n" +
 	"\x0eDeployProgress\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x7f\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
+	"\x05batch\x18\x03 \x01(\rR\x05batch\x12\x18\n" +
+	"\abatches\x18\x04 \x01(\rR\abatches\x12\x18\n" +
+	"\arelease\x18\x05 \x01(\tR\arelease\"\x7f\n" +
 	"\fDeployResult\x12*\n" +
 	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12)\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x13.herd.v1.NodeResultR\x05nodes\"F\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x13.herd.v1.NodeResultR\x05nodes\"_\n" +
+	"\x0fRollbackRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x14\n" +
+	"\x05batch\x18\x03 \x01(\tR\x05batch\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"\x83\x01\n" +
+	"\x10RollbackResponse\x125\n" +
+	"\bprogress\x18\x01 \x01(\v2\x17.herd.v1.DeployProgressH\x00R\bprogress\x12/\n" +
+	"\x06result\x18\x02 \x01(\v2\x15.herd.v1.DeployResultH\x00R\x06resultB\a\n" +
+	"\x05event\"P\n" +
+	"\fScaleRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x18\n" +
+	"\aworkers\x18\x02 \x01(\rR\aworkers\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x80\x01\n" +
+	"\rScaleResponse\x125\n" +
+	"\bprogress\x18\x01 \x01(\v2\x17.herd.v1.DeployProgressH\x00R\bprogress\x12/\n" +
+	"\x06result\x18\x02 \x01(\v2\x15.herd.v1.DeployResultH\x00R\x06resultB\a\n" +
+	"\x05event\"N\n" +
+	"\x0eRestartRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x14\n" +
+	"\x05batch\x18\x02 \x01(\tR\x05batch\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x82\x01\n" +
+	"\x0fRestartResponse\x125\n" +
+	"\bprogress\x18\x01 \x01(\v2\x17.herd.v1.DeployProgressH\x00R\bprogress\x12/\n" +
+	"\x06result\x18\x02 \x01(\v2\x15.herd.v1.DeployResultH\x00R\x06resultB\a\n" +
+	"\x05event\"\"\n" +
+	"\x0eDestroyRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\"\x11\n" +
+	"\x0fDestroyResponse\"\"\n" +
+	"\x0eHistoryRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\"W\n" +
+	"\x0fHistoryResponse\x12*\n" +
+	"\x05items\x18\x01 \x03(\v2\x14.herd.v1.HistoryItemR\x05items\x12\x18\n" +
+	"\acurrent\x18\x02 \x01(\tR\acurrent\"\x95\x01\n" +
+	"\vHistoryItem\x12*\n" +
+	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x126\n" +
+	"\bfinished\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x12\x0e\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x12\n" +
+	"\x04note\x18\x04 \x01(\tR\x04note\"E\n" +
+	"\fDrainRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12!\n" +
+	"\fkeep_workers\x18\x03 \x01(\bR\vkeepWorkers\"\x0f\n" +
+	"\rDrainResponse\"$\n" +
+	"\x0eUndrainRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x11\n" +
+	"\x0fUndrainResponse\"F\n" +
 	"\n" +
 	"NodeResult\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x0e\n" +
@@ -1957,7 +2932,8 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x12RemovePeerResponse\">\n" +
 	"\x12ReportStateRequest\x12(\n" +
 	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"\x15\n" +
-	"\x13ReportStateResponse2\xe2\x06\n" +
+	"\x13ReportStateResponse2\x91\n" +
+	"\n" +
 	"\aControl\x12K\n" +
 	"\fStatArtifact\x12\x1c.herd.v1.StatArtifactRequest\x1a\x1d.herd.v1.StatArtifactResponse\x12S\n" +
 	"\x0eUploadArtifact\x12\x1e.herd.v1.UploadArtifactRequest\x1a\x1f.herd.v1.UploadArtifactResponse(\x01\x12P\n" +
@@ -1971,7 +2947,14 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\tListPeers\x12\x19.herd.v1.ListPeersRequest\x1a\x1a.herd.v1.ListPeersResponse\x12E\n" +
 	"\n" +
 	"RemovePeer\x12\x1a.herd.v1.RemovePeerRequest\x1a\x1b.herd.v1.RemovePeerResponse\x12H\n" +
-	"\vReportState\x12\x1b.herd.v1.ReportStateRequest\x1a\x1c.herd.v1.ReportStateResponseB\x8e\x01\n" +
+	"\vReportState\x12\x1b.herd.v1.ReportStateRequest\x1a\x1c.herd.v1.ReportStateResponse\x12A\n" +
+	"\bRollback\x12\x18.herd.v1.RollbackRequest\x1a\x19.herd.v1.RollbackResponse0\x01\x128\n" +
+	"\x05Scale\x12\x15.herd.v1.ScaleRequest\x1a\x16.herd.v1.ScaleResponse0\x01\x12>\n" +
+	"\aRestart\x12\x17.herd.v1.RestartRequest\x1a\x18.herd.v1.RestartResponse0\x01\x12<\n" +
+	"\aDestroy\x12\x17.herd.v1.DestroyRequest\x1a\x18.herd.v1.DestroyResponse\x12<\n" +
+	"\aHistory\x12\x17.herd.v1.HistoryRequest\x1a\x18.herd.v1.HistoryResponse\x126\n" +
+	"\x05Drain\x12\x15.herd.v1.DrainRequest\x1a\x16.herd.v1.DrainResponse\x12<\n" +
+	"\aUndrain\x12\x17.herd.v1.UndrainRequest\x1a\x18.herd.v1.UndrainResponseB\x8e\x01\n" +
 	"\vcom.herd.v1B\fControlProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
 var (
@@ -1986,7 +2969,7 @@ func file_herd_v1_control_proto_rawDescGZIP() []byte {
 	return file_herd_v1_control_proto_rawDescData
 }
 
-var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_herd_v1_control_proto_goTypes = []any{
 	(*StatArtifactRequest)(nil),    // 0: herd.v1.StatArtifactRequest
 	(*StatArtifactResponse)(nil),   // 1: herd.v1.StatArtifactResponse
@@ -1999,90 +2982,130 @@ var file_herd_v1_control_proto_goTypes = []any{
 	(*DeployResponse)(nil),         // 8: herd.v1.DeployResponse
 	(*DeployProgress)(nil),         // 9: herd.v1.DeployProgress
 	(*DeployResult)(nil),           // 10: herd.v1.DeployResult
-	(*NodeResult)(nil),             // 11: herd.v1.NodeResult
-	(*StatusRequest)(nil),          // 12: herd.v1.StatusRequest
-	(*StatusResponse)(nil),         // 13: herd.v1.StatusResponse
-	(*StateInfo)(nil),              // 14: herd.v1.StateInfo
-	(*AppStatus)(nil),              // 15: herd.v1.AppStatus
-	(*AppNodeStatus)(nil),          // 16: herd.v1.AppNodeStatus
-	(*ListNodesRequest)(nil),       // 17: herd.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 18: herd.v1.ListNodesResponse
-	(*Member)(nil),                 // 19: herd.v1.Member
-	(*LogsRequest)(nil),            // 20: herd.v1.LogsRequest
-	(*LogsResponse)(nil),           // 21: herd.v1.LogsResponse
-	(*GetAssignmentRequest)(nil),   // 22: herd.v1.GetAssignmentRequest
-	(*GetAssignmentResponse)(nil),  // 23: herd.v1.GetAssignmentResponse
-	(*PullArtifactRequest)(nil),    // 24: herd.v1.PullArtifactRequest
-	(*PullArtifactResponse)(nil),   // 25: herd.v1.PullArtifactResponse
-	(*ListPeersRequest)(nil),       // 26: herd.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),      // 27: herd.v1.ListPeersResponse
-	(*Peer)(nil),                   // 28: herd.v1.Peer
-	(*RemovePeerRequest)(nil),      // 29: herd.v1.RemovePeerRequest
-	(*RemovePeerResponse)(nil),     // 30: herd.v1.RemovePeerResponse
-	(*ReportStateRequest)(nil),     // 31: herd.v1.ReportStateRequest
-	(*ReportStateResponse)(nil),    // 32: herd.v1.ReportStateResponse
-	(*AppSpec)(nil),                // 33: herd.v1.AppSpec
-	(*durationpb.Duration)(nil),    // 34: google.protobuf.Duration
-	(*Release)(nil),                // 35: herd.v1.Release
-	(*WorkerStatus)(nil),           // 36: herd.v1.WorkerStatus
-	(Role)(0),                      // 37: herd.v1.Role
-	(MemberState)(0),               // 38: herd.v1.MemberState
-	(*timestamppb.Timestamp)(nil),  // 39: google.protobuf.Timestamp
-	(*LogLine)(nil),                // 40: herd.v1.LogLine
-	(*NodeState)(nil),              // 41: herd.v1.NodeState
+	(*RollbackRequest)(nil),        // 11: herd.v1.RollbackRequest
+	(*RollbackResponse)(nil),       // 12: herd.v1.RollbackResponse
+	(*ScaleRequest)(nil),           // 13: herd.v1.ScaleRequest
+	(*ScaleResponse)(nil),          // 14: herd.v1.ScaleResponse
+	(*RestartRequest)(nil),         // 15: herd.v1.RestartRequest
+	(*RestartResponse)(nil),        // 16: herd.v1.RestartResponse
+	(*DestroyRequest)(nil),         // 17: herd.v1.DestroyRequest
+	(*DestroyResponse)(nil),        // 18: herd.v1.DestroyResponse
+	(*HistoryRequest)(nil),         // 19: herd.v1.HistoryRequest
+	(*HistoryResponse)(nil),        // 20: herd.v1.HistoryResponse
+	(*HistoryItem)(nil),            // 21: herd.v1.HistoryItem
+	(*DrainRequest)(nil),           // 22: herd.v1.DrainRequest
+	(*DrainResponse)(nil),          // 23: herd.v1.DrainResponse
+	(*UndrainRequest)(nil),         // 24: herd.v1.UndrainRequest
+	(*UndrainResponse)(nil),        // 25: herd.v1.UndrainResponse
+	(*NodeResult)(nil),             // 26: herd.v1.NodeResult
+	(*StatusRequest)(nil),          // 27: herd.v1.StatusRequest
+	(*StatusResponse)(nil),         // 28: herd.v1.StatusResponse
+	(*StateInfo)(nil),              // 29: herd.v1.StateInfo
+	(*AppStatus)(nil),              // 30: herd.v1.AppStatus
+	(*AppNodeStatus)(nil),          // 31: herd.v1.AppNodeStatus
+	(*ListNodesRequest)(nil),       // 32: herd.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 33: herd.v1.ListNodesResponse
+	(*Member)(nil),                 // 34: herd.v1.Member
+	(*LogsRequest)(nil),            // 35: herd.v1.LogsRequest
+	(*LogsResponse)(nil),           // 36: herd.v1.LogsResponse
+	(*GetAssignmentRequest)(nil),   // 37: herd.v1.GetAssignmentRequest
+	(*GetAssignmentResponse)(nil),  // 38: herd.v1.GetAssignmentResponse
+	(*PullArtifactRequest)(nil),    // 39: herd.v1.PullArtifactRequest
+	(*PullArtifactResponse)(nil),   // 40: herd.v1.PullArtifactResponse
+	(*ListPeersRequest)(nil),       // 41: herd.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),      // 42: herd.v1.ListPeersResponse
+	(*Peer)(nil),                   // 43: herd.v1.Peer
+	(*RemovePeerRequest)(nil),      // 44: herd.v1.RemovePeerRequest
+	(*RemovePeerResponse)(nil),     // 45: herd.v1.RemovePeerResponse
+	(*ReportStateRequest)(nil),     // 46: herd.v1.ReportStateRequest
+	(*ReportStateResponse)(nil),    // 47: herd.v1.ReportStateResponse
+	(*AppSpec)(nil),                // 48: herd.v1.AppSpec
+	(*durationpb.Duration)(nil),    // 49: google.protobuf.Duration
+	(*Release)(nil),                // 50: herd.v1.Release
+	(*timestamppb.Timestamp)(nil),  // 51: google.protobuf.Timestamp
+	(*WorkerStatus)(nil),           // 52: herd.v1.WorkerStatus
+	(Role)(0),                      // 53: herd.v1.Role
+	(MemberState)(0),               // 54: herd.v1.MemberState
+	(*LogLine)(nil),                // 55: herd.v1.LogLine
+	(*NodeState)(nil),              // 56: herd.v1.NodeState
 }
 var file_herd_v1_control_proto_depIdxs = []int32{
 	3,  // 0: herd.v1.UploadArtifactRequest.header:type_name -> herd.v1.ArtifactHeader
-	33, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
-	34, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 3: herd.v1.DeployResponse.progress:type_name -> herd.v1.DeployProgress
-	10, // 4: herd.v1.DeployResponse.result:type_name -> herd.v1.DeployResult
-	35, // 5: herd.v1.DeployResult.release:type_name -> herd.v1.Release
-	11, // 6: herd.v1.DeployResult.nodes:type_name -> herd.v1.NodeResult
-	15, // 7: herd.v1.StatusResponse.apps:type_name -> herd.v1.AppStatus
-	14, // 8: herd.v1.StatusResponse.state:type_name -> herd.v1.StateInfo
-	34, // 9: herd.v1.StateInfo.last_contact:type_name -> google.protobuf.Duration
-	35, // 10: herd.v1.AppStatus.release:type_name -> herd.v1.Release
-	16, // 11: herd.v1.AppStatus.nodes:type_name -> herd.v1.AppNodeStatus
-	36, // 12: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
-	19, // 13: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
-	37, // 14: herd.v1.Member.role:type_name -> herd.v1.Role
-	38, // 15: herd.v1.Member.state:type_name -> herd.v1.MemberState
-	39, // 16: herd.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
-	40, // 17: herd.v1.LogsResponse.lines:type_name -> herd.v1.LogLine
-	35, // 18: herd.v1.GetAssignmentResponse.releases:type_name -> herd.v1.Release
-	28, // 19: herd.v1.ListPeersResponse.peers:type_name -> herd.v1.Peer
-	38, // 20: herd.v1.Peer.member_state:type_name -> herd.v1.MemberState
-	41, // 21: herd.v1.ReportStateRequest.state:type_name -> herd.v1.NodeState
-	0,  // 22: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
-	2,  // 23: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
-	5,  // 24: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
-	7,  // 25: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
-	12, // 26: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
-	17, // 27: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
-	20, // 28: herd.v1.Control.Logs:input_type -> herd.v1.LogsRequest
-	22, // 29: herd.v1.Control.GetAssignment:input_type -> herd.v1.GetAssignmentRequest
-	24, // 30: herd.v1.Control.PullArtifact:input_type -> herd.v1.PullArtifactRequest
-	26, // 31: herd.v1.Control.ListPeers:input_type -> herd.v1.ListPeersRequest
-	29, // 32: herd.v1.Control.RemovePeer:input_type -> herd.v1.RemovePeerRequest
-	31, // 33: herd.v1.Control.ReportState:input_type -> herd.v1.ReportStateRequest
-	1,  // 34: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
-	4,  // 35: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
-	6,  // 36: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
-	8,  // 37: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
-	13, // 38: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
-	18, // 39: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
-	21, // 40: herd.v1.Control.Logs:output_type -> herd.v1.LogsResponse
-	23, // 41: herd.v1.Control.GetAssignment:output_type -> herd.v1.GetAssignmentResponse
-	25, // 42: herd.v1.Control.PullArtifact:output_type -> herd.v1.PullArtifactResponse
-	27, // 43: herd.v1.Control.ListPeers:output_type -> herd.v1.ListPeersResponse
-	30, // 44: herd.v1.Control.RemovePeer:output_type -> herd.v1.RemovePeerResponse
-	32, // 45: herd.v1.Control.ReportState:output_type -> herd.v1.ReportStateResponse
-	34, // [34:46] is the sub-list for method output_type
-	22, // [22:34] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	48, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
+	49, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
+	49, // 3: herd.v1.DeployRequest.min_healthy:type_name -> google.protobuf.Duration
+	49, // 4: herd.v1.DeployRequest.deadline:type_name -> google.protobuf.Duration
+	9,  // 5: herd.v1.DeployResponse.progress:type_name -> herd.v1.DeployProgress
+	10, // 6: herd.v1.DeployResponse.result:type_name -> herd.v1.DeployResult
+	50, // 7: herd.v1.DeployResult.release:type_name -> herd.v1.Release
+	26, // 8: herd.v1.DeployResult.nodes:type_name -> herd.v1.NodeResult
+	9,  // 9: herd.v1.RollbackResponse.progress:type_name -> herd.v1.DeployProgress
+	10, // 10: herd.v1.RollbackResponse.result:type_name -> herd.v1.DeployResult
+	9,  // 11: herd.v1.ScaleResponse.progress:type_name -> herd.v1.DeployProgress
+	10, // 12: herd.v1.ScaleResponse.result:type_name -> herd.v1.DeployResult
+	9,  // 13: herd.v1.RestartResponse.progress:type_name -> herd.v1.DeployProgress
+	10, // 14: herd.v1.RestartResponse.result:type_name -> herd.v1.DeployResult
+	21, // 15: herd.v1.HistoryResponse.items:type_name -> herd.v1.HistoryItem
+	50, // 16: herd.v1.HistoryItem.release:type_name -> herd.v1.Release
+	51, // 17: herd.v1.HistoryItem.finished:type_name -> google.protobuf.Timestamp
+	30, // 18: herd.v1.StatusResponse.apps:type_name -> herd.v1.AppStatus
+	29, // 19: herd.v1.StatusResponse.state:type_name -> herd.v1.StateInfo
+	49, // 20: herd.v1.StateInfo.last_contact:type_name -> google.protobuf.Duration
+	50, // 21: herd.v1.AppStatus.release:type_name -> herd.v1.Release
+	31, // 22: herd.v1.AppStatus.nodes:type_name -> herd.v1.AppNodeStatus
+	52, // 23: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
+	34, // 24: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
+	53, // 25: herd.v1.Member.role:type_name -> herd.v1.Role
+	54, // 26: herd.v1.Member.state:type_name -> herd.v1.MemberState
+	51, // 27: herd.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	55, // 28: herd.v1.LogsResponse.lines:type_name -> herd.v1.LogLine
+	50, // 29: herd.v1.GetAssignmentResponse.releases:type_name -> herd.v1.Release
+	43, // 30: herd.v1.ListPeersResponse.peers:type_name -> herd.v1.Peer
+	54, // 31: herd.v1.Peer.member_state:type_name -> herd.v1.MemberState
+	56, // 32: herd.v1.ReportStateRequest.state:type_name -> herd.v1.NodeState
+	0,  // 33: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
+	2,  // 34: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
+	5,  // 35: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
+	7,  // 36: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
+	27, // 37: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
+	32, // 38: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
+	35, // 39: herd.v1.Control.Logs:input_type -> herd.v1.LogsRequest
+	37, // 40: herd.v1.Control.GetAssignment:input_type -> herd.v1.GetAssignmentRequest
+	39, // 41: herd.v1.Control.PullArtifact:input_type -> herd.v1.PullArtifactRequest
+	41, // 42: herd.v1.Control.ListPeers:input_type -> herd.v1.ListPeersRequest
+	44, // 43: herd.v1.Control.RemovePeer:input_type -> herd.v1.RemovePeerRequest
+	46, // 44: herd.v1.Control.ReportState:input_type -> herd.v1.ReportStateRequest
+	11, // 45: herd.v1.Control.Rollback:input_type -> herd.v1.RollbackRequest
+	13, // 46: herd.v1.Control.Scale:input_type -> herd.v1.ScaleRequest
+	15, // 47: herd.v1.Control.Restart:input_type -> herd.v1.RestartRequest
+	17, // 48: herd.v1.Control.Destroy:input_type -> herd.v1.DestroyRequest
+	19, // 49: herd.v1.Control.History:input_type -> herd.v1.HistoryRequest
+	22, // 50: herd.v1.Control.Drain:input_type -> herd.v1.DrainRequest
+	24, // 51: herd.v1.Control.Undrain:input_type -> herd.v1.UndrainRequest
+	1,  // 52: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
+	4,  // 53: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
+	6,  // 54: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
+	8,  // 55: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
+	28, // 56: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
+	33, // 57: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
+	36, // 58: herd.v1.Control.Logs:output_type -> herd.v1.LogsResponse
+	38, // 59: herd.v1.Control.GetAssignment:output_type -> herd.v1.GetAssignmentResponse
+	40, // 60: herd.v1.Control.PullArtifact:output_type -> herd.v1.PullArtifactResponse
+	42, // 61: herd.v1.Control.ListPeers:output_type -> herd.v1.ListPeersResponse
+	45, // 62: herd.v1.Control.RemovePeer:output_type -> herd.v1.RemovePeerResponse
+	47, // 63: herd.v1.Control.ReportState:output_type -> herd.v1.ReportStateResponse
+	12, // 64: herd.v1.Control.Rollback:output_type -> herd.v1.RollbackResponse
+	14, // 65: herd.v1.Control.Scale:output_type -> herd.v1.ScaleResponse
+	16, // 66: herd.v1.Control.Restart:output_type -> herd.v1.RestartResponse
+	18, // 67: herd.v1.Control.Destroy:output_type -> herd.v1.DestroyResponse
+	20, // 68: herd.v1.Control.History:output_type -> herd.v1.HistoryResponse
+	23, // 69: herd.v1.Control.Drain:output_type -> herd.v1.DrainResponse
+	25, // 70: herd.v1.Control.Undrain:output_type -> herd.v1.UndrainResponse
+	52, // [52:71] is the sub-list for method output_type
+	33, // [33:52] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_control_proto_init() }
@@ -2099,13 +3122,25 @@ func file_herd_v1_control_proto_init() {
 		(*DeployResponse_Progress)(nil),
 		(*DeployResponse_Result)(nil),
 	}
+	file_herd_v1_control_proto_msgTypes[12].OneofWrappers = []any{
+		(*RollbackResponse_Progress)(nil),
+		(*RollbackResponse_Result)(nil),
+	}
+	file_herd_v1_control_proto_msgTypes[14].OneofWrappers = []any{
+		(*ScaleResponse_Progress)(nil),
+		(*ScaleResponse_Result)(nil),
+	}
+	file_herd_v1_control_proto_msgTypes[16].OneofWrappers = []any{
+		(*RestartResponse_Progress)(nil),
+		(*RestartResponse_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_control_proto_rawDesc), len(file_herd_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,13 @@ const (
 	Control_ListPeers_FullMethodName      = "/herd.v1.Control/ListPeers"
 	Control_RemovePeer_FullMethodName     = "/herd.v1.Control/RemovePeer"
 	Control_ReportState_FullMethodName    = "/herd.v1.Control/ReportState"
+	Control_Rollback_FullMethodName       = "/herd.v1.Control/Rollback"
+	Control_Scale_FullMethodName          = "/herd.v1.Control/Scale"
+	Control_Restart_FullMethodName        = "/herd.v1.Control/Restart"
+	Control_Destroy_FullMethodName        = "/herd.v1.Control/Destroy"
+	Control_History_FullMethodName        = "/herd.v1.Control/History"
+	Control_Drain_FullMethodName          = "/herd.v1.Control/Drain"
+	Control_Undrain_FullMethodName        = "/herd.v1.Control/Undrain"
 )
 
 // ControlClient is the client API for Control service.
@@ -73,6 +80,21 @@ type ControlClient interface {
 	// ReportState is a node giving a front its state directly, when the
 	// front has not acknowledged it (it missed the gossip that announced it).
 	ReportState(ctx context.Context, in *ReportStateRequest, opts ...grpc.CallOption) (*ReportStateResponse, error)
+	// Rollback rolls the app back to its previous release (or a named one)
+	// as a new release, through the same batches, without health waits.
+	Rollback(ctx context.Context, in *RollbackRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RollbackResponse], error)
+	// Scale sets the app's workers per node everywhere (in place).
+	Scale(ctx context.Context, in *ScaleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ScaleResponse], error)
+	// Restart replaces every worker of the app, batch by batch.
+	Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RestartResponse], error)
+	// Destroy stops the app everywhere and removes its routes.
+	Destroy(ctx context.Context, in *DestroyRequest, opts ...grpc.CallOption) (*DestroyResponse, error)
+	// History lists an app's finished rollouts.
+	History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error)
+	// Drain stops sending requests to a node and then stops its workers;
+	// Undrain reverses it.
+	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
+	Undrain(ctx context.Context, in *UndrainRequest, opts ...grpc.CallOption) (*UndrainResponse, error)
 }
 
 type controlClient struct {
@@ -233,6 +255,103 @@ func (c *controlClient) ReportState(ctx context.Context, in *ReportStateRequest,
 	return out, nil
 }
 
+func (c *controlClient) Rollback(ctx context.Context, in *RollbackRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RollbackResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[4], Control_Rollback_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RollbackRequest, RollbackResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_RollbackClient = grpc.ServerStreamingClient[RollbackResponse]
+
+func (c *controlClient) Scale(ctx context.Context, in *ScaleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ScaleResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[5], Control_Scale_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ScaleRequest, ScaleResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_ScaleClient = grpc.ServerStreamingClient[ScaleResponse]
+
+func (c *controlClient) Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RestartResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[6], Control_Restart_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RestartRequest, RestartResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_RestartClient = grpc.ServerStreamingClient[RestartResponse]
+
+func (c *controlClient) Destroy(ctx context.Context, in *DestroyRequest, opts ...grpc.CallOption) (*DestroyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DestroyResponse)
+	err := c.cc.Invoke(ctx, Control_Destroy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HistoryResponse)
+	err := c.cc.Invoke(ctx, Control_History_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainResponse)
+	err := c.cc.Invoke(ctx, Control_Drain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) Undrain(ctx context.Context, in *UndrainRequest, opts ...grpc.CallOption) (*UndrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UndrainResponse)
+	err := c.cc.Invoke(ctx, Control_Undrain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -273,6 +392,21 @@ type ControlServer interface {
 	// ReportState is a node giving a front its state directly, when the
 	// front has not acknowledged it (it missed the gossip that announced it).
 	ReportState(context.Context, *ReportStateRequest) (*ReportStateResponse, error)
+	// Rollback rolls the app back to its previous release (or a named one)
+	// as a new release, through the same batches, without health waits.
+	Rollback(*RollbackRequest, grpc.ServerStreamingServer[RollbackResponse]) error
+	// Scale sets the app's workers per node everywhere (in place).
+	Scale(*ScaleRequest, grpc.ServerStreamingServer[ScaleResponse]) error
+	// Restart replaces every worker of the app, batch by batch.
+	Restart(*RestartRequest, grpc.ServerStreamingServer[RestartResponse]) error
+	// Destroy stops the app everywhere and removes its routes.
+	Destroy(context.Context, *DestroyRequest) (*DestroyResponse, error)
+	// History lists an app's finished rollouts.
+	History(context.Context, *HistoryRequest) (*HistoryResponse, error)
+	// Drain stops sending requests to a node and then stops its workers;
+	// Undrain reverses it.
+	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
+	Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -318,6 +452,27 @@ func (UnimplementedControlServer) RemovePeer(context.Context, *RemovePeerRequest
 }
 func (UnimplementedControlServer) ReportState(context.Context, *ReportStateRequest) (*ReportStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportState not implemented")
+}
+func (UnimplementedControlServer) Rollback(*RollbackRequest, grpc.ServerStreamingServer[RollbackResponse]) error {
+	return status.Error(codes.Unimplemented, "method Rollback not implemented")
+}
+func (UnimplementedControlServer) Scale(*ScaleRequest, grpc.ServerStreamingServer[ScaleResponse]) error {
+	return status.Error(codes.Unimplemented, "method Scale not implemented")
+}
+func (UnimplementedControlServer) Restart(*RestartRequest, grpc.ServerStreamingServer[RestartResponse]) error {
+	return status.Error(codes.Unimplemented, "method Restart not implemented")
+}
+func (UnimplementedControlServer) Destroy(context.Context, *DestroyRequest) (*DestroyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Destroy not implemented")
+}
+func (UnimplementedControlServer) History(context.Context, *HistoryRequest) (*HistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method History not implemented")
+}
+func (UnimplementedControlServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drain not implemented")
+}
+func (UnimplementedControlServer) Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Undrain not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -524,6 +679,111 @@ func _Control_ReportState_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Rollback_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RollbackRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).Rollback(m, &grpc.GenericServerStream[RollbackRequest, RollbackResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_RollbackServer = grpc.ServerStreamingServer[RollbackResponse]
+
+func _Control_Scale_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ScaleRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).Scale(m, &grpc.GenericServerStream[ScaleRequest, ScaleResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_ScaleServer = grpc.ServerStreamingServer[ScaleResponse]
+
+func _Control_Restart_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RestartRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).Restart(m, &grpc.GenericServerStream[RestartRequest, RestartResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_RestartServer = grpc.ServerStreamingServer[RestartResponse]
+
+func _Control_Destroy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DestroyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Destroy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Destroy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Destroy(ctx, req.(*DestroyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_History_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).History(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_History_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).History(ctx, req.(*HistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_Drain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Drain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Drain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Drain(ctx, req.(*DrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_Undrain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Undrain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Undrain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Undrain(ctx, req.(*UndrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -563,6 +823,22 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ReportState",
 			Handler:    _Control_ReportState_Handler,
 		},
+		{
+			MethodName: "Destroy",
+			Handler:    _Control_Destroy_Handler,
+		},
+		{
+			MethodName: "History",
+			Handler:    _Control_History_Handler,
+		},
+		{
+			MethodName: "Drain",
+			Handler:    _Control_Drain_Handler,
+		},
+		{
+			MethodName: "Undrain",
+			Handler:    _Control_Undrain_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -583,6 +859,21 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Logs",
 			Handler:       _Control_Logs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Rollback",
+			Handler:       _Control_Rollback_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Scale",
+			Handler:       _Control_Scale_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Restart",
+			Handler:       _Control_Restart_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -9,6 +9,7 @@ package herdv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -33,6 +34,9 @@ type StateCommand struct {
 	//	*StateCommand_BeginRollout
 	//	*StateCommand_FinishRollout
 	//	*StateCommand_AssignRelease
+	//	*StateCommand_SetDrain
+	//	*StateCommand_DestroyApp
+	//	*StateCommand_RolloutStep
 	Op            isStateCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -109,6 +113,33 @@ func (x *StateCommand) GetAssignRelease() *AssignRelease {
 	return nil
 }
 
+func (x *StateCommand) GetSetDrain() *SetDrain {
+	if x != nil {
+		if x, ok := x.Op.(*StateCommand_SetDrain); ok {
+			return x.SetDrain
+		}
+	}
+	return nil
+}
+
+func (x *StateCommand) GetDestroyApp() *DestroyApp {
+	if x != nil {
+		if x, ok := x.Op.(*StateCommand_DestroyApp); ok {
+			return x.DestroyApp
+		}
+	}
+	return nil
+}
+
+func (x *StateCommand) GetRolloutStep() *RolloutStep {
+	if x != nil {
+		if x, ok := x.Op.(*StateCommand_RolloutStep); ok {
+			return x.RolloutStep
+		}
+	}
+	return nil
+}
+
 type isStateCommand_Op interface {
 	isStateCommand_Op()
 }
@@ -125,11 +156,277 @@ type StateCommand_AssignRelease struct {
 	AssignRelease *AssignRelease `protobuf:"bytes,4,opt,name=assign_release,json=assignRelease,proto3,oneof"`
 }
 
+type StateCommand_SetDrain struct {
+	SetDrain *SetDrain `protobuf:"bytes,5,opt,name=set_drain,json=setDrain,proto3,oneof"`
+}
+
+type StateCommand_DestroyApp struct {
+	DestroyApp *DestroyApp `protobuf:"bytes,6,opt,name=destroy_app,json=destroyApp,proto3,oneof"`
+}
+
+type StateCommand_RolloutStep struct {
+	RolloutStep *RolloutStep `protobuf:"bytes,7,opt,name=rollout_step,json=rolloutStep,proto3,oneof"`
+}
+
 func (*StateCommand_BeginRollout) isStateCommand_Op() {}
 
 func (*StateCommand_FinishRollout) isStateCommand_Op() {}
 
 func (*StateCommand_AssignRelease) isStateCommand_Op() {}
+
+func (*StateCommand_SetDrain) isStateCommand_Op() {}
+
+func (*StateCommand_DestroyApp) isStateCommand_Op() {}
+
+func (*StateCommand_RolloutStep) isStateCommand_Op() {}
+
+// RolloutPlan is how a rollout moves nodes; it is kept with the rollout so
+// that a new leader resumes it the same way.
+type RolloutPlan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" (all at once), "N" nodes or "P%".
+	Batch      string               `protobuf:"bytes,1,opt,name=batch,proto3" json:"batch,omitempty"`
+	MinHealthy *durationpb.Duration `protobuf:"bytes,2,opt,name=min_healthy,json=minHealthy,proto3" json:"min_healthy,omitempty"`
+	Deadline   *durationpb.Duration `protobuf:"bytes,3,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	AutoRevert bool                 `protobuf:"varint,4,opt,name=auto_revert,json=autoRevert,proto3" json:"auto_revert,omitempty"`
+	// How long a node may take to run the release healthy.
+	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutPlan) Reset() {
+	*x = RolloutPlan{}
+	mi := &file_herd_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutPlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutPlan) ProtoMessage() {}
+
+func (x *RolloutPlan) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutPlan.ProtoReflect.Descriptor instead.
+func (*RolloutPlan) Descriptor() ([]byte, []int) {
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RolloutPlan) GetBatch() string {
+	if x != nil {
+		return x.Batch
+	}
+	return ""
+}
+
+func (x *RolloutPlan) GetMinHealthy() *durationpb.Duration {
+	if x != nil {
+		return x.MinHealthy
+	}
+	return nil
+}
+
+func (x *RolloutPlan) GetDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *RolloutPlan) GetAutoRevert() bool {
+	if x != nil {
+		return x.AutoRevert
+	}
+	return false
+}
+
+func (x *RolloutPlan) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// RolloutStep records progress a new leader must not repeat.
+type RolloutStep struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	App                string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	Rollout            uint64                 `protobuf:"varint,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	ReleaseCommandDone bool                   `protobuf:"varint,3,opt,name=release_command_done,json=releaseCommandDone,proto3" json:"release_command_done,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RolloutStep) Reset() {
+	*x = RolloutStep{}
+	mi := &file_herd_v1_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutStep) ProtoMessage() {}
+
+func (x *RolloutStep) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutStep.ProtoReflect.Descriptor instead.
+func (*RolloutStep) Descriptor() ([]byte, []int) {
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RolloutStep) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *RolloutStep) GetRollout() uint64 {
+	if x != nil {
+		return x.Rollout
+	}
+	return 0
+}
+
+func (x *RolloutStep) GetReleaseCommandDone() bool {
+	if x != nil {
+		return x.ReleaseCommandDone
+	}
+	return false
+}
+
+// SetDrain drains a node or undrains it.
+type SetDrain struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Drained       bool                   `protobuf:"varint,2,opt,name=drained,proto3" json:"drained,omitempty"`
+	KeepWorkers   bool                   `protobuf:"varint,4,opt,name=keep_workers,json=keepWorkers,proto3" json:"keep_workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrain) Reset() {
+	*x = SetDrain{}
+	mi := &file_herd_v1_state_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrain) ProtoMessage() {}
+
+func (x *SetDrain) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_state_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrain.ProtoReflect.Descriptor instead.
+func (*SetDrain) Descriptor() ([]byte, []int) {
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SetDrain) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SetDrain) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+func (x *SetDrain) GetKeepWorkers() bool {
+	if x != nil {
+		return x.KeepWorkers
+	}
+	return false
+}
+
+// DestroyApp removes an app: no current release, no assignments; its
+// history and release numbers stay.
+type DestroyApp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	App           string                 `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyApp) Reset() {
+	*x = DestroyApp{}
+	mi := &file_herd_v1_state_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyApp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyApp) ProtoMessage() {}
+
+func (x *DestroyApp) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_state_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyApp.ProtoReflect.Descriptor instead.
+func (*DestroyApp) Descriptor() ([]byte, []int) {
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DestroyApp) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
 
 // BeginRollout starts a deploy of an app: it makes the release (a new id,
 // or the current release when nothing changed) and records the rollout,
@@ -139,15 +436,20 @@ type BeginRollout struct {
 	Spec   *AppSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
 	Digest string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
 	// The front that runs the rollout.
-	Front         string `protobuf:"bytes,3,opt,name=front,proto3" json:"front,omitempty"`
-	Force         bool   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	Front string `protobuf:"bytes,3,opt,name=front,proto3" json:"front,omitempty"`
+	Force bool   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	// A restart: the current release with its restart count bumped.
+	Restart bool `protobuf:"varint,5,opt,name=restart,proto3" json:"restart,omitempty"`
+	// What the rollout is, for the history ("rollback to v3", "scale to 4").
+	Note          string       `protobuf:"bytes,6,opt,name=note,proto3" json:"note,omitempty"`
+	Plan          *RolloutPlan `protobuf:"bytes,7,opt,name=plan,proto3" json:"plan,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BeginRollout) Reset() {
 	*x = BeginRollout{}
-	mi := &file_herd_v1_state_proto_msgTypes[1]
+	mi := &file_herd_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -159,7 +461,7 @@ func (x *BeginRollout) String() string {
 func (*BeginRollout) ProtoMessage() {}
 
 func (x *BeginRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[1]
+	mi := &file_herd_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -172,7 +474,7 @@ func (x *BeginRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginRollout.ProtoReflect.Descriptor instead.
 func (*BeginRollout) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BeginRollout) GetSpec() *AppSpec {
@@ -203,6 +505,27 @@ func (x *BeginRollout) GetForce() bool {
 	return false
 }
 
+func (x *BeginRollout) GetRestart() bool {
+	if x != nil {
+		return x.Restart
+	}
+	return false
+}
+
+func (x *BeginRollout) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+func (x *BeginRollout) GetPlan() *RolloutPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
 // FinishRollout ends a rollout: on success the release becomes the app's
 // current one and every node of the app is assigned it; either way the
 // nodes that run it are assigned it and the outcome goes into the history.
@@ -219,7 +542,7 @@ type FinishRollout struct {
 
 func (x *FinishRollout) Reset() {
 	*x = FinishRollout{}
-	mi := &file_herd_v1_state_proto_msgTypes[2]
+	mi := &file_herd_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +554,7 @@ func (x *FinishRollout) String() string {
 func (*FinishRollout) ProtoMessage() {}
 
 func (x *FinishRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[2]
+	mi := &file_herd_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +567,7 @@ func (x *FinishRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishRollout.ProtoReflect.Descriptor instead.
 func (*FinishRollout) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FinishRollout) GetApp() string {
@@ -295,7 +618,7 @@ type AssignRelease struct {
 
 func (x *AssignRelease) Reset() {
 	*x = AssignRelease{}
-	mi := &file_herd_v1_state_proto_msgTypes[3]
+	mi := &file_herd_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +630,7 @@ func (x *AssignRelease) String() string {
 func (*AssignRelease) ProtoMessage() {}
 
 func (x *AssignRelease) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[3]
+	mi := &file_herd_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +643,7 @@ func (x *AssignRelease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignRelease.ProtoReflect.Descriptor instead.
 func (*AssignRelease) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AssignRelease) GetNode() string {
@@ -352,14 +675,20 @@ type Rollout struct {
 	Front   string                 `protobuf:"bytes,3,opt,name=front,proto3" json:"front,omitempty"`
 	Started *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started,proto3" json:"started,omitempty"`
 	// False when the release is the app's current one (nothing to change).
-	Changed       bool `protobuf:"varint,5,opt,name=changed,proto3" json:"changed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Changed bool         `protobuf:"varint,5,opt,name=changed,proto3" json:"changed,omitempty"`
+	Note    string       `protobuf:"bytes,6,opt,name=note,proto3" json:"note,omitempty"`
+	Plan    *RolloutPlan `protobuf:"bytes,7,opt,name=plan,proto3" json:"plan,omitempty"`
+	// What each node of the app was assigned when the rollout began (node ->
+	// release id), to move back to if it fails.
+	Previous           map[string]string `protobuf:"bytes,8,rep,name=previous,proto3" json:"previous,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ReleaseCommandDone bool              `protobuf:"varint,9,opt,name=release_command_done,json=releaseCommandDone,proto3" json:"release_command_done,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_herd_v1_state_proto_msgTypes[4]
+	mi := &file_herd_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +700,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[4]
+	mi := &file_herd_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +713,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Rollout) GetId() uint64 {
@@ -422,6 +751,34 @@ func (x *Rollout) GetChanged() bool {
 	return false
 }
 
+func (x *Rollout) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+func (x *Rollout) GetPlan() *RolloutPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *Rollout) GetPrevious() map[string]string {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+func (x *Rollout) GetReleaseCommandDone() bool {
+	if x != nil {
+		return x.ReleaseCommandDone
+	}
+	return false
+}
+
 // HistoryEntry is one finished rollout.
 type HistoryEntry struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -429,14 +786,16 @@ type HistoryEntry struct {
 	Finished *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=finished,proto3" json:"finished,omitempty"`
 	Ok       bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
 	// Why it failed, or "superseded" / "interrupted".
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// What it was ("rollback to v3", "restart", "scale to 4", "destroyed").
+	Note          string `protobuf:"bytes,5,opt,name=note,proto3" json:"note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HistoryEntry) Reset() {
 	*x = HistoryEntry{}
-	mi := &file_herd_v1_state_proto_msgTypes[5]
+	mi := &file_herd_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +807,7 @@ func (x *HistoryEntry) String() string {
 func (*HistoryEntry) ProtoMessage() {}
 
 func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[5]
+	mi := &file_herd_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +820,7 @@ func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
 func (*HistoryEntry) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HistoryEntry) GetRelease() *Release {
@@ -492,6 +851,13 @@ func (x *HistoryEntry) GetError() string {
 	return ""
 }
 
+func (x *HistoryEntry) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
 // AppRecord is one app in the desired state.
 type AppRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -501,15 +867,17 @@ type AppRecord struct {
 	// The last release number handed out; numbers are never reused.
 	LastId uint64 `protobuf:"varint,3,opt,name=last_id,json=lastId,proto3" json:"last_id,omitempty"`
 	// Finished rollouts, oldest first (bounded).
-	History       []*HistoryEntry `protobuf:"bytes,4,rep,name=history,proto3" json:"history,omitempty"`
-	Rollout       *Rollout        `protobuf:"bytes,5,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	History []*HistoryEntry `protobuf:"bytes,4,rep,name=history,proto3" json:"history,omitempty"`
+	Rollout *Rollout        `protobuf:"bytes,5,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Destroyed: nodes stop it; a later deploy brings it back.
+	Destroyed     bool `protobuf:"varint,6,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppRecord) Reset() {
 	*x = AppRecord{}
-	mi := &file_herd_v1_state_proto_msgTypes[6]
+	mi := &file_herd_v1_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +889,7 @@ func (x *AppRecord) String() string {
 func (*AppRecord) ProtoMessage() {}
 
 func (x *AppRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[6]
+	mi := &file_herd_v1_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +902,7 @@ func (x *AppRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppRecord.ProtoReflect.Descriptor instead.
 func (*AppRecord) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AppRecord) GetName() string {
@@ -572,19 +940,28 @@ func (x *AppRecord) GetRollout() *Rollout {
 	return nil
 }
 
+func (x *AppRecord) GetDestroyed() bool {
+	if x != nil {
+		return x.Destroyed
+	}
+	return false
+}
+
 // NodeRecord is what the desired state says about one node.
 type NodeRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// app -> release id.
 	Assignments   map[string]string `protobuf:"bytes,2,rep,name=assignments,proto3" json:"assignments,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Drained       bool              `protobuf:"varint,3,opt,name=drained,proto3" json:"drained,omitempty"`
+	KeepWorkers   bool              `protobuf:"varint,5,opt,name=keep_workers,json=keepWorkers,proto3" json:"keep_workers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_herd_v1_state_proto_msgTypes[7]
+	mi := &file_herd_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +973,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[7]
+	mi := &file_herd_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +986,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeRecord) GetName() string {
@@ -626,6 +1003,20 @@ func (x *NodeRecord) GetAssignments() map[string]string {
 	return nil
 }
 
+func (x *NodeRecord) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+func (x *NodeRecord) GetKeepWorkers() bool {
+	if x != nil {
+		return x.KeepWorkers
+	}
+	return false
+}
+
 // StateSnapshot is the whole desired state.
 type StateSnapshot struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -638,7 +1029,7 @@ type StateSnapshot struct {
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_herd_v1_state_proto_msgTypes[8]
+	mi := &file_herd_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +1041,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[8]
+	mi := &file_herd_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +1054,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StateSnapshot) GetApps() []*AppRecord {
@@ -691,18 +1082,44 @@ var File_herd_v1_state_proto protoreflect.FileDescriptor
 
 const file_herd_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/state.proto\x12\aherd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15herd/v1/control.proto\x1a\x13herd/v1/types.proto\"\x84\x02\n" +
+	"\x13herd/v1/state.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15herd/v1/control.proto\x1a\x13herd/v1/types.proto\"\xa9\x03\n" +
 	"\fStateCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12<\n" +
 	"\rbegin_rollout\x18\x02 \x01(\v2\x15.herd.v1.BeginRolloutH\x00R\fbeginRollout\x12?\n" +
 	"\x0efinish_rollout\x18\x03 \x01(\v2\x16.herd.v1.FinishRolloutH\x00R\rfinishRollout\x12?\n" +
-	"\x0eassign_release\x18\x04 \x01(\v2\x16.herd.v1.AssignReleaseH\x00R\rassignReleaseB\x04\n" +
-	"\x02op\"x\n" +
+	"\x0eassign_release\x18\x04 \x01(\v2\x16.herd.v1.AssignReleaseH\x00R\rassignRelease\x120\n" +
+	"\tset_drain\x18\x05 \x01(\v2\x11.herd.v1.SetDrainH\x00R\bsetDrain\x126\n" +
+	"\vdestroy_app\x18\x06 \x01(\v2\x13.herd.v1.DestroyAppH\x00R\n" +
+	"destroyApp\x129\n" +
+	"\frollout_step\x18\a \x01(\v2\x14.herd.v1.RolloutStepH\x00R\vrolloutStepB\x04\n" +
+	"\x02op\"\xec\x01\n" +
+	"\vRolloutPlan\x12\x14\n" +
+	"\x05batch\x18\x01 \x01(\tR\x05batch\x12:\n" +
+	"\vmin_healthy\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"minHealthy\x125\n" +
+	"\bdeadline\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\x12\x1f\n" +
+	"\vauto_revert\x18\x04 \x01(\bR\n" +
+	"autoRevert\x123\n" +
+	"\atimeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"k\n" +
+	"\vRolloutStep\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x18\n" +
+	"\arollout\x18\x02 \x01(\x04R\arollout\x120\n" +
+	"\x14release_command_done\x18\x03 \x01(\bR\x12releaseCommandDone\"[\n" +
+	"\bSetDrain\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
+	"\adrained\x18\x02 \x01(\bR\adrained\x12!\n" +
+	"\fkeep_workers\x18\x04 \x01(\bR\vkeepWorkers\"\x1e\n" +
+	"\n" +
+	"DestroyApp\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\"\xd0\x01\n" +
 	"\fBeginRollout\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.herd.v1.AppSpecR\x04spec\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x14\n" +
 	"\x05front\x18\x03 \x01(\tR\x05front\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05force\"\x8c\x01\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\x12\x18\n" +
+	"\arestart\x18\x05 \x01(\bR\arestart\x12\x12\n" +
+	"\x04note\x18\x06 \x01(\tR\x04note\x12(\n" +
+	"\x04plan\x18\a \x01(\v2\x14.herd.v1.RolloutPlanR\x04plan\"\x8c\x01\n" +
 	"\rFinishRollout\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\x04R\arollout\x12\x0e\n" +
@@ -712,28 +1129,39 @@ const file_herd_v1_state_proto_rawDesc = "" +
 	"\rAssignRelease\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03app\x18\x02 \x01(\tR\x03app\x12\x18\n" +
-	"\arelease\x18\x03 \x01(\tR\arelease\"\xab\x01\n" +
+	"\arelease\x18\x03 \x01(\tR\arelease\"\x94\x03\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12*\n" +
 	"\arelease\x18\x02 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x12\x14\n" +
 	"\x05front\x18\x03 \x01(\tR\x05front\x124\n" +
 	"\astarted\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x18\n" +
-	"\achanged\x18\x05 \x01(\bR\achanged\"\x98\x01\n" +
+	"\achanged\x18\x05 \x01(\bR\achanged\x12\x12\n" +
+	"\x04note\x18\x06 \x01(\tR\x04note\x12(\n" +
+	"\x04plan\x18\a \x01(\v2\x14.herd.v1.RolloutPlanR\x04plan\x12:\n" +
+	"\bprevious\x18\b \x03(\v2\x1e.herd.v1.Rollout.PreviousEntryR\bprevious\x120\n" +
+	"\x14release_command_done\x18\t \x01(\bR\x12releaseCommandDone\x1a;\n" +
+	"\rPreviousEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x01\n" +
 	"\fHistoryEntry\x12*\n" +
 	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x126\n" +
 	"\bfinished\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xc1\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12\x12\n" +
+	"\x04note\x18\x05 \x01(\tR\x04note\"\xdf\x01\n" +
 	"\tAppRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\acurrent\x18\x02 \x01(\v2\x10.herd.v1.ReleaseR\acurrent\x12\x17\n" +
 	"\alast_id\x18\x03 \x01(\x04R\x06lastId\x12/\n" +
 	"\ahistory\x18\x04 \x03(\v2\x15.herd.v1.HistoryEntryR\ahistory\x12*\n" +
-	"\arollout\x18\x05 \x01(\v2\x10.herd.v1.RolloutR\arollout\"\xa8\x01\n" +
+	"\arollout\x18\x05 \x01(\v2\x10.herd.v1.RolloutR\arollout\x12\x1c\n" +
+	"\tdestroyed\x18\x06 \x01(\bR\tdestroyed\"\xe5\x01\n" +
 	"\n" +
 	"NodeRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12F\n" +
-	"\vassignments\x18\x02 \x03(\v2$.herd.v1.NodeRecord.AssignmentsEntryR\vassignments\x1a>\n" +
+	"\vassignments\x18\x02 \x03(\v2$.herd.v1.NodeRecord.AssignmentsEntryR\vassignments\x12\x18\n" +
+	"\adrained\x18\x03 \x01(\bR\adrained\x12!\n" +
+	"\fkeep_workers\x18\x05 \x01(\bR\vkeepWorkers\x1a>\n" +
 	"\x10AssignmentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x01\n" +
@@ -756,45 +1184,60 @@ func file_herd_v1_state_proto_rawDescGZIP() []byte {
 	return file_herd_v1_state_proto_rawDescData
 }
 
-var file_herd_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_herd_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_herd_v1_state_proto_goTypes = []any{
 	(*StateCommand)(nil),          // 0: herd.v1.StateCommand
-	(*BeginRollout)(nil),          // 1: herd.v1.BeginRollout
-	(*FinishRollout)(nil),         // 2: herd.v1.FinishRollout
-	(*AssignRelease)(nil),         // 3: herd.v1.AssignRelease
-	(*Rollout)(nil),               // 4: herd.v1.Rollout
-	(*HistoryEntry)(nil),          // 5: herd.v1.HistoryEntry
-	(*AppRecord)(nil),             // 6: herd.v1.AppRecord
-	(*NodeRecord)(nil),            // 7: herd.v1.NodeRecord
-	(*StateSnapshot)(nil),         // 8: herd.v1.StateSnapshot
-	nil,                           // 9: herd.v1.NodeRecord.AssignmentsEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*AppSpec)(nil),               // 11: herd.v1.AppSpec
-	(*NodeResult)(nil),            // 12: herd.v1.NodeResult
-	(*Release)(nil),               // 13: herd.v1.Release
+	(*RolloutPlan)(nil),           // 1: herd.v1.RolloutPlan
+	(*RolloutStep)(nil),           // 2: herd.v1.RolloutStep
+	(*SetDrain)(nil),              // 3: herd.v1.SetDrain
+	(*DestroyApp)(nil),            // 4: herd.v1.DestroyApp
+	(*BeginRollout)(nil),          // 5: herd.v1.BeginRollout
+	(*FinishRollout)(nil),         // 6: herd.v1.FinishRollout
+	(*AssignRelease)(nil),         // 7: herd.v1.AssignRelease
+	(*Rollout)(nil),               // 8: herd.v1.Rollout
+	(*HistoryEntry)(nil),          // 9: herd.v1.HistoryEntry
+	(*AppRecord)(nil),             // 10: herd.v1.AppRecord
+	(*NodeRecord)(nil),            // 11: herd.v1.NodeRecord
+	(*StateSnapshot)(nil),         // 12: herd.v1.StateSnapshot
+	nil,                           // 13: herd.v1.Rollout.PreviousEntry
+	nil,                           // 14: herd.v1.NodeRecord.AssignmentsEntry
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*AppSpec)(nil),               // 17: herd.v1.AppSpec
+	(*NodeResult)(nil),            // 18: herd.v1.NodeResult
+	(*Release)(nil),               // 19: herd.v1.Release
 }
 var file_herd_v1_state_proto_depIdxs = []int32{
-	10, // 0: herd.v1.StateCommand.time:type_name -> google.protobuf.Timestamp
-	1,  // 1: herd.v1.StateCommand.begin_rollout:type_name -> herd.v1.BeginRollout
-	2,  // 2: herd.v1.StateCommand.finish_rollout:type_name -> herd.v1.FinishRollout
-	3,  // 3: herd.v1.StateCommand.assign_release:type_name -> herd.v1.AssignRelease
-	11, // 4: herd.v1.BeginRollout.spec:type_name -> herd.v1.AppSpec
-	12, // 5: herd.v1.FinishRollout.nodes:type_name -> herd.v1.NodeResult
-	13, // 6: herd.v1.Rollout.release:type_name -> herd.v1.Release
-	10, // 7: herd.v1.Rollout.started:type_name -> google.protobuf.Timestamp
-	13, // 8: herd.v1.HistoryEntry.release:type_name -> herd.v1.Release
-	10, // 9: herd.v1.HistoryEntry.finished:type_name -> google.protobuf.Timestamp
-	13, // 10: herd.v1.AppRecord.current:type_name -> herd.v1.Release
-	5,  // 11: herd.v1.AppRecord.history:type_name -> herd.v1.HistoryEntry
-	4,  // 12: herd.v1.AppRecord.rollout:type_name -> herd.v1.Rollout
-	9,  // 13: herd.v1.NodeRecord.assignments:type_name -> herd.v1.NodeRecord.AssignmentsEntry
-	6,  // 14: herd.v1.StateSnapshot.apps:type_name -> herd.v1.AppRecord
-	7,  // 15: herd.v1.StateSnapshot.nodes:type_name -> herd.v1.NodeRecord
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 0: herd.v1.StateCommand.time:type_name -> google.protobuf.Timestamp
+	5,  // 1: herd.v1.StateCommand.begin_rollout:type_name -> herd.v1.BeginRollout
+	6,  // 2: herd.v1.StateCommand.finish_rollout:type_name -> herd.v1.FinishRollout
+	7,  // 3: herd.v1.StateCommand.assign_release:type_name -> herd.v1.AssignRelease
+	3,  // 4: herd.v1.StateCommand.set_drain:type_name -> herd.v1.SetDrain
+	4,  // 5: herd.v1.StateCommand.destroy_app:type_name -> herd.v1.DestroyApp
+	2,  // 6: herd.v1.StateCommand.rollout_step:type_name -> herd.v1.RolloutStep
+	16, // 7: herd.v1.RolloutPlan.min_healthy:type_name -> google.protobuf.Duration
+	16, // 8: herd.v1.RolloutPlan.deadline:type_name -> google.protobuf.Duration
+	16, // 9: herd.v1.RolloutPlan.timeout:type_name -> google.protobuf.Duration
+	17, // 10: herd.v1.BeginRollout.spec:type_name -> herd.v1.AppSpec
+	1,  // 11: herd.v1.BeginRollout.plan:type_name -> herd.v1.RolloutPlan
+	18, // 12: herd.v1.FinishRollout.nodes:type_name -> herd.v1.NodeResult
+	19, // 13: herd.v1.Rollout.release:type_name -> herd.v1.Release
+	15, // 14: herd.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	1,  // 15: herd.v1.Rollout.plan:type_name -> herd.v1.RolloutPlan
+	13, // 16: herd.v1.Rollout.previous:type_name -> herd.v1.Rollout.PreviousEntry
+	19, // 17: herd.v1.HistoryEntry.release:type_name -> herd.v1.Release
+	15, // 18: herd.v1.HistoryEntry.finished:type_name -> google.protobuf.Timestamp
+	19, // 19: herd.v1.AppRecord.current:type_name -> herd.v1.Release
+	9,  // 20: herd.v1.AppRecord.history:type_name -> herd.v1.HistoryEntry
+	8,  // 21: herd.v1.AppRecord.rollout:type_name -> herd.v1.Rollout
+	14, // 22: herd.v1.NodeRecord.assignments:type_name -> herd.v1.NodeRecord.AssignmentsEntry
+	10, // 23: herd.v1.StateSnapshot.apps:type_name -> herd.v1.AppRecord
+	11, // 24: herd.v1.StateSnapshot.nodes:type_name -> herd.v1.NodeRecord
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_state_proto_init() }
@@ -808,6 +1251,9 @@ func file_herd_v1_state_proto_init() {
 		(*StateCommand_BeginRollout)(nil),
 		(*StateCommand_FinishRollout)(nil),
 		(*StateCommand_AssignRelease)(nil),
+		(*StateCommand_SetDrain)(nil),
+		(*StateCommand_DestroyApp)(nil),
+		(*StateCommand_RolloutStep)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -815,7 +1261,7 @@ func file_herd_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_state_proto_rawDesc), len(file_herd_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

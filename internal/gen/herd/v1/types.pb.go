@@ -187,9 +187,13 @@ type AppSpec struct {
 	RateBurst uint32  `protobuf:"varint,22,opt,name=rate_burst,json=rateBurst,proto3" json:"rate_burst,omitempty"`
 	// Nodes that run the app: those whose labels (herd-node --labels) hold
 	// every key=value here. Empty: every node.
-	Selector      map[string]string `protobuf:"bytes,23,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Selector map[string]string `protobuf:"bytes,23,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Run once per deploy, on one node, in the new release's directory,
+	// before any node moves (database migrations); if it fails, nothing
+	// moves. Empty: none.
+	ReleaseCommand string `protobuf:"bytes,24,opt,name=release_command,json=releaseCommand,proto3" json:"release_command,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AppSpec) Reset() {
@@ -383,6 +387,13 @@ func (x *AppSpec) GetSelector() map[string]string {
 	return nil
 }
 
+func (x *AppSpec) GetReleaseCommand() string {
+	if x != nil {
+		return x.ReleaseCommand
+	}
+	return ""
+}
+
 // StaticDir maps a URL prefix to a directory inside the release.
 type StaticDir struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -445,9 +456,11 @@ type Release struct {
 	// Release id, "v1", "v2", ... per app.
 	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	// sha256 of the artifact (tar.gz), lower-case hex.
-	Digest        string                 `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
-	Spec          *AppSpec               `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
-	Created       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created,proto3" json:"created,omitempty"`
+	Digest  string                 `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	Spec    *AppSpec               `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	Created *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=created,proto3" json:"created,omitempty"`
+	// Bumped by a restart: the same code and spec, new workers.
+	Restart       uint64 `protobuf:"varint,6,opt,name=restart,proto3" json:"restart,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,6 +528,13 @@ func (x *Release) GetCreated() *timestamppb.Timestamp {
 		return x.Created
 	}
 	return nil
+}
+
+func (x *Release) GetRestart() uint64 {
+	if x != nil {
+		return x.Restart
+	}
+	return 0
 }
 
 // Endpoint is one ready worker that a node advertises.
@@ -671,7 +691,10 @@ type NodeState struct {
 	Address string      `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
 	Apps    []*AppState `protobuf:"bytes,4,rep,name=apps,proto3" json:"apps,omitempty"`
 	// The node's labels (herd-node --labels), matched by app selectors.
-	Labels        map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The node is drained: it runs no workers (unless kept) and no front
+	// sends it requests.
+	Drained       bool `protobuf:"varint,6,opt,name=drained,proto3" json:"drained,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -739,6 +762,13 @@ func (x *NodeState) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *NodeState) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
 }
 
 // GossipState is what members exchange in memberlist's push/pull: every
@@ -1000,7 +1030,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\a\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\a\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -1030,7 +1060,8 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"rate_limit\x18\x15 \x01(\x01R\trateLimit\x12\x1d\n" +
 	"\n" +
 	"rate_burst\x18\x16 \x01(\rR\trateBurst\x12:\n" +
-	"\bselector\x18\x17 \x03(\v2\x1e.herd.v1.AppSpec.SelectorEntryR\bselector\x1a6\n" +
+	"\bselector\x18\x17 \x03(\v2\x1e.herd.v1.AppSpec.SelectorEntryR\bselector\x12'\n" +
+	"\x0frelease_command\x18\x18 \x01(\tR\x0ereleaseCommand\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
@@ -1040,13 +1071,14 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\tStaticDir\x12\x1d\n" +
 	"\n" +
 	"url_prefix\x18\x01 \x01(\tR\turlPrefix\x12\x10\n" +
-	"\x03dir\x18\x02 \x01(\tR\x03dir\"\x9f\x01\n" +
+	"\x03dir\x18\x02 \x01(\tR\x03dir\"\xb9\x01\n" +
 	"\aRelease\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x16\n" +
 	"\x06digest\x18\x03 \x01(\tR\x06digest\x12$\n" +
 	"\x04spec\x18\x04 \x01(\v2\x10.herd.v1.AppSpecR\x04spec\x124\n" +
-	"\acreated\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"<\n" +
+	"\acreated\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12\x18\n" +
+	"\arestart\x18\x06 \x01(\x04R\arestart\"<\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06worker\x18\x02 \x01(\tR\x06worker\"\xaf\x01\n" +
@@ -1056,7 +1088,7 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\x06digest\x18\x03 \x01(\tR\x06digest\x12\x18\n" +
 	"\adesired\x18\x04 \x01(\rR\adesired\x12/\n" +
 	"\tendpoints\x18\x05 \x03(\v2\x11.herd.v1.EndpointR\tendpoints\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"\xf3\x01\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\x8d\x02\n" +
 	"\tNodeState\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
@@ -1064,7 +1096,8 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"generation\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12%\n" +
 	"\x04apps\x18\x04 \x03(\v2\x11.herd.v1.AppStateR\x04apps\x126\n" +
-	"\x06labels\x18\x05 \x03(\v2\x1e.herd.v1.NodeState.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x05 \x03(\v2\x1e.herd.v1.NodeState.LabelsEntryR\x06labels\x12\x18\n" +
+	"\adrained\x18\x06 \x01(\bR\adrained\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"7\n" +

@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+)
+
+// remove stops an app on this node: its endpoints are withdrawn first, and
+// its workers stop once every front routes without them.
+func (m *manager) remove(app string) {
+	mu := m.appLock(app)
+	mu.Lock()
+	defer mu.Unlock()
+	m.mu.Lock()
+	cur := m.apps[app]
+	delete(m.apps, app)
+	m.mu.Unlock()
+	if cur == nil {
+		return
+	}
+	st := m.publish()
+	if err := m.save(); err != nil {
+		m.log.Error("save node state", "err", err)
+	}
+	m.awaitFronts(st.GetGeneration())
+	m.stopSlots(append(cur.slots, cur.retiring...))
+	m.log.Info("app removed", "app", app, "release", cur.rel.GetId())
+}
+
+// drainFile marks a drained node across restarts: "stop" or "keep" (the
+// workers stay up, idle).
+const drainFile = "drained"
+
+// drainMode is "" (not drained), "stop" or "keep".
+func (m *manager) drainMode() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.drained
+}
+
+func (m *manager) loadDrained() {
+	b, err := os.ReadFile(filepath.Join(m.cfg.DataDir, drainFile))
+	if err == nil {
+		m.drained = strings.TrimSpace(string(b))
+		if m.drained != "keep" {
+			m.drained = "stop"
+		}
+	}
+}
+
+// setDrained drains the node (no endpoints advertised; once every front
+// acknowledged that, the workers stop unless kept) or undrains it (the
+// workers of every app start again and are advertised as they get ready).
+func (m *manager) setDrained(drained, keep bool) error {
+	path := filepath.Join(m.cfg.DataDir, drainFile)
+	if !drained {
+		m.mu.Lock()
+		was := m.drained
+		m.drained = ""
+		m.mu.Unlock()
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if was == "" {
+			return nil
+		}
+		m.log.Info("undrained: starting the apps again")
+		m.mu.Lock()
+		var idle []*appRun
+		for _, a := range m.apps {
+			if len(a.slots) == 0 {
+				idle = append(idle, a)
+			}
+		}
+		m.mu.Unlock()
+		for _, a := range idle {
+			slots, err := m.startSlots(a.rel, m.releasePath(a.rel.GetDigest()))
+			if err != nil {
+				m.log.Warn("undrain: app did not start", "app", a.rel.GetApp(), "err", err)
+				continue
+			}
+			m.mu.Lock()
+			a.slots = slots
+			m.mu.Unlock()
+		}
+		m.publish()
+		return nil
+	}
+	mode := "stop"
+	if keep {
+		mode = "keep"
+	}
+	if err := os.WriteFile(path, []byte(mode+"\n"), 0o600); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.drained = mode
+	m.mu.Unlock()
+	st := m.publish()
+	m.log.Info("drained: endpoints withdrawn", "keep_workers", keep)
+	m.awaitFronts(st.GetGeneration())
+	if keep {
+		return nil
+	}
+	m.mu.Lock()
+	var stop []*slot
+	for _, a := range m.apps {
+		stop = append(stop, a.slots...)
+		a.slots = nil
+	}
+	m.mu.Unlock()
+	m.stopSlots(stop)
+	m.publish()
+	m.log.Info("drained: workers stopped", "workers", len(stop))
+	return nil
+}
+
+// taskOutputMax bounds the output a task's answer carries.
+const taskOutputMax = 4 << 10
+
+// runTask runs command once in rel's directory, with the environment a
+// worker of rel gets (no PORT), as the workers' user, in its own process
+// group, killed when ctx ends.
+func (m *manager) runTask(ctx context.Context, rel *herdv1.Release, command string, sources []string) (*herdv1.RunTaskResponse, error) {
+	if err := validateRelease(rel); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.applying[rel.GetDigest()]++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.applying[rel.GetDigest()]--
+		m.mu.Unlock()
+	}()
+	dir, err := m.releaseDir(ctx, rel.GetDigest(), sources)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("/bin/sh", "-c", command)
+	cmd.Dir = dir
+	cmd.Env = m.workerEnv(rel, 0, 0)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: m.cred}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start release command: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var werr error
+	killed := false
+	select {
+	case werr = <-done:
+	case <-ctx.Done():
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		werr = <-done
+		killed = true
+	}
+	resp := &herdv1.RunTaskResponse{ExitCode: int32(cmd.ProcessState.ExitCode()), Status: exitText(werr)}
+	if killed {
+		resp.Status = fmt.Sprintf("killed after %v", time.Since(start).Round(time.Second))
+		if resp.ExitCode == 0 {
+			resp.ExitCode = -1
+		}
+	}
+	b := out.Bytes()
+	if len(b) > taskOutputMax {
+		b = b[len(b)-taskOutputMax:]
+	}
+	resp.Output = string(b)
+	m.log.Info("release command ran", "app", rel.GetApp(), "release", rel.GetId(), "status", resp.Status, "took", time.Since(start).Round(time.Millisecond))
+	return resp, nil
+}
+
+func exitText(err error) string {
+	if err == nil {
+		return "exited with status 0"
+	}
+	return err.Error()
+}
