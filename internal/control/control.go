@@ -58,7 +58,7 @@ type Service struct {
 	// old leader left behind.
 	runMu   sync.Mutex
 	running map[string]int
-	lead   leaderState
+	lead    leaderState
 }
 
 // Agents keeps one gRPC connection per node address. Safe for concurrent use.
