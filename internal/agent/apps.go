@@ -117,6 +117,7 @@ type manager struct {
 	apps map[string]*appRun
 	// drained is "" or, for a drained node, "stop" or "keep" (workers).
 	drained string
+	drainMu sync.Mutex // one drain or undrain at a time
 
 	applied *applied
 	bg      sync.WaitGroup // replacements and retiring workers
@@ -142,6 +143,9 @@ func (m *manager) appLock(app string) *sync.Mutex {
 func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []string) error {
 	if err := validateRelease(rel); err != nil {
 		return err
+	}
+	if m.drainMode() == "stop" {
+		return fmt.Errorf("node %s is drained: undrain it to run %s %s", m.cfg.Name, rel.GetApp(), rel.GetId())
 	}
 	mu := m.appLock(rel.GetApp())
 	mu.Lock()

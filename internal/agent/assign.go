@@ -49,7 +49,7 @@ func (m *manager) tryPull(ctx context.Context) bool {
 		for _, rel := range resp.GetReleases() {
 			m.mu.Lock()
 			cur := m.apps[rel.GetApp()]
-			running := cur != nil && cur.rel.GetId() == rel.GetId()
+			running := cur != nil && cur.rel.GetId() == rel.GetId() && cur.rel.GetSpec().GetWorkers() == rel.GetSpec().GetWorkers()
 			m.mu.Unlock()
 			if running {
 				continue

@@ -62,6 +62,10 @@ func (m *manager) loadDrained() {
 // acknowledged that, the workers stop unless kept) or undrains it (the
 // workers of every app start again and are advertised as they get ready).
 func (m *manager) setDrained(drained, keep bool) error {
+	// One change at a time: an undrain must not run into a drain that is
+	// still waiting for the fronts.
+	m.drainMu.Lock()
+	defer m.drainMu.Unlock()
 	path := filepath.Join(m.cfg.DataDir, drainFile)
 	if !drained {
 		m.mu.Lock()
@@ -76,22 +80,13 @@ func (m *manager) setDrained(drained, keep bool) error {
 		}
 		m.log.Info("undrained: starting the apps again")
 		m.mu.Lock()
-		var idle []*appRun
-		for _, a := range m.apps {
-			if len(a.slots) == 0 {
-				idle = append(idle, a)
-			}
+		var names []string
+		for name := range m.apps {
+			names = append(names, name)
 		}
 		m.mu.Unlock()
-		for _, a := range idle {
-			slots, err := m.startSlots(a.rel, m.releasePath(a.rel.GetDigest()))
-			if err != nil {
-				m.log.Warn("undrain: app did not start", "app", a.rel.GetApp(), "err", err)
-				continue
-			}
-			m.mu.Lock()
-			a.slots = slots
-			m.mu.Unlock()
+		for _, name := range names {
+			m.startIdle(name)
 		}
 		m.publish()
 		return nil
@@ -113,16 +108,48 @@ func (m *manager) setDrained(drained, keep bool) error {
 		return nil
 	}
 	m.mu.Lock()
-	var stop []*slot
-	for _, a := range m.apps {
-		stop = append(stop, a.slots...)
-		a.slots = nil
+	var names []string
+	for name := range m.apps {
+		names = append(names, name)
 	}
 	m.mu.Unlock()
+	var stop []*slot
+	for _, name := range names {
+		mu := m.appLock(name)
+		mu.Lock()
+		m.mu.Lock()
+		if a := m.apps[name]; a != nil {
+			stop = append(stop, a.slots...)
+			a.slots = nil
+		}
+		m.mu.Unlock()
+		mu.Unlock()
+	}
 	m.stopSlots(stop)
 	m.publish()
 	m.log.Info("drained: workers stopped", "workers", len(stop))
 	return nil
+}
+
+// startIdle starts the workers of an app that has none (after a drain).
+func (m *manager) startIdle(name string) {
+	mu := m.appLock(name)
+	mu.Lock()
+	defer mu.Unlock()
+	m.mu.Lock()
+	a := m.apps[name]
+	m.mu.Unlock()
+	if a == nil || len(a.slots) > 0 {
+		return
+	}
+	slots, err := m.startSlots(a.rel, m.releasePath(a.rel.GetDigest()))
+	if err != nil {
+		m.log.Warn("undrain: app did not start", "app", name, "err", err)
+		return
+	}
+	m.mu.Lock()
+	a.slots = slots
+	m.mu.Unlock()
 }
 
 // taskOutputMax bounds the output a task's answer carries.
@@ -153,6 +180,8 @@ func (m *manager) runTask(ctx context.Context, rel *herdv1.Release, command stri
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: m.cred}
+	// A child that keeps the output open must not hold the answer.
+	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start release command: %w", err)

@@ -170,7 +170,7 @@ func TestOperationsCostNothing(t *testing.T) {
 		return out
 	}
 	before := pids()
-	if r := c.Ctl("restart", "hello"); r.Code != 0 {
+	if r := c.Ctl("restart", "hello", "--batch", "2"); r.Code != 0 {
 		t.Fatalf("restart: %s%s", r.Stdout, r.Stderr)
 	}
 	settle("restart", rolled)

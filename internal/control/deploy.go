@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
+	"math"
 	"path"
 	"regexp"
 	"slices"
@@ -88,7 +89,7 @@ func (s *Service) Deploy(req *herdv1.DeployRequest, stream herdv1.Control_Deploy
 	if !release.ValidDigest(req.GetDigest()) {
 		return toStatus(fmt.Errorf("%w: digest %q is not a sha256", errInvalid, req.GetDigest()))
 	}
-	if _, err := batchSize(req.GetBatch(), 1); err != nil {
+	if _, err := batchSize(req.GetBatch(), math.MaxInt); err != nil {
 		return toStatus(err)
 	}
 	leader, ctx, self, err := s.leaderControl(stream.Context())

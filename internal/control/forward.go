@@ -160,6 +160,16 @@ func (s *Service) awaitVerdict(ctx context.Context, app, release string, stream 
 	stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Progress{Progress: &herdv1.DeployProgress{
 		Release: release, Message: "the Raft leader went away; waiting for the next leader to finish the rollout",
 	}}})
+	// The rollout's beginning may not have reached this front yet (the
+	// leader died before telling followers the entry committed; the next
+	// leader's first commit does).
+	for wait := time.Now().Add(15 * time.Second); s.State.Release(app, release) == nil && time.Now().Before(wait); {
+		select {
+		case <-ctx.Done():
+			return toStatus(ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 	for {
 		inProgress := false
 		for _, r := range s.State.Rollouts() {

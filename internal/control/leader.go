@@ -25,16 +25,26 @@ type leaderState struct {
 }
 
 // RunLeader does the leader's duties until ctx ends (the front stops
-// leading): it ends the rollouts a previous leader left unfinished, keeps
+// leading): it resumes the rollouts a previous leader left unfinished, keeps
 // the Raft configuration in step with the fronts gossip sees, and makes
 // every live node run the releases assigned to it (assigning the app's
 // current release to a node that matches its selector and has none).
 func (s *Service) RunLeader(ctx context.Context) {
 	log := s.Log.With("raft", "leader")
 	log.Info("this front leads the cluster")
-	if err := s.State.Barrier(10 * time.Second); err != nil {
+	// Act only on the whole log: until the barrier, this front's state
+	// may be behind what the previous leader committed.
+	for {
+		err := s.State.Barrier(10 * time.Second)
+		if err == nil {
+			break
+		}
 		log.Warn("raft barrier", "err", err)
-		return
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
 	}
 	s.lead.mu.Lock()
 	s.lead.goneFrom = map[string]time.Time{}
@@ -42,15 +52,21 @@ func (s *Service) RunLeader(ctx context.Context) {
 	s.lead.retryAt = map[string]time.Time{}
 	s.lead.backoff = map[string]time.Duration{}
 	s.lead.mu.Unlock()
-	for _, r := range s.State.Rollouts() {
-		if s.isRunning(r.GetRelease().GetApp()) {
-			continue
-		}
-		go s.resume(ctx, r)
-	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
+		// A rollout nobody here drives (its leader is gone) is resumed;
+		// checked every round, as a deploy starting here may have held
+		// off the first look.
+		for _, r := range s.State.Rollouts() {
+			if !s.isRunning(r.GetRelease().GetApp()) {
+				done := s.markRunning(r.GetRelease().GetApp())
+				go func() {
+					defer done()
+					s.resume(ctx, r)
+				}()
+			}
+		}
 		s.reconcilePeers(ctx, log)
 		s.reconcileNodes(ctx, log)
 		select {
@@ -176,9 +192,9 @@ func (s *Service) reconcileNodes(ctx context.Context, log *slog.Logger) {
 		if rec.GetDrained() {
 			continue
 		}
-		running := map[string]string{}
+		running := map[string]*herdv1.AppState{}
 		for _, a := range n.State.GetApps() {
-			running[a.GetApp()] = a.GetRelease()
+			running[a.GetApp()] = a
 			if app := a.GetApp(); !busy[app] && s.State.Destroyed(app) {
 				s.converge(ctx, log, n.Name+"/"+app, func(ctx context.Context) error {
 					log.Info("removing a destroyed app from a node", "node", n.Name, "app", app)
@@ -192,10 +208,24 @@ func (s *Service) reconcileNodes(ctx context.Context, log *slog.Logger) {
 				continue
 			}
 			want := s.State.Assigned(n.Name, app)
-			if want == nil {
-				if !matches(cur.GetSpec().GetSelector(), n.State.GetLabels()) {
-					continue
+			if !matches(cur.GetSpec().GetSelector(), n.State.GetLabels()) {
+				// The app's selector no longer picks this node (narrowed,
+				// or the node's labels changed): it stops the app.
+				if want != nil {
+					if err := s.State.Assign(n.Name, app, ""); err != nil {
+						log.Warn("unassign app from node", "node", n.Name, "app", app, "err", err)
+						continue
+					}
 				}
+				if running[app] != nil {
+					s.converge(ctx, log, n.Name+"/"+app, func(ctx context.Context) error {
+						log.Info("removing an app whose selector no longer picks the node", "node", n.Name, "app", app)
+						return s.removeOn(ctx, n, app)
+					})
+				}
+				continue
+			}
+			if want == nil {
 				if err := s.State.Assign(n.Name, app, cur.GetId()); err != nil {
 					log.Warn("assign release to node", "node", n.Name, "app", app, "err", err)
 					continue
@@ -203,7 +233,8 @@ func (s *Service) reconcileNodes(ctx context.Context, log *slog.Logger) {
 				log.Info("node assigned the app's release", "node", n.Name, "app", app, "release", cur.GetId())
 				want = cur
 			}
-			if running[app] == want.GetId() {
+			// The release and its worker count: a scale keeps the id.
+			if r := running[app]; r.GetRelease() == want.GetId() && r.GetDesired() == want.GetSpec().GetWorkers() {
 				continue
 			}
 			s.converge(ctx, log, n.Name+"/"+app, func(ctx context.Context) error {

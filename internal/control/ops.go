@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"time"
 
@@ -26,14 +27,21 @@ func relay[T any](up grpc.ServerStreamingClient[T], err error, down grpc.ServerS
 	if err != nil {
 		return err
 	}
+	started := false
 	for {
 		msg, err := up.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
+			if started && status.Code(err) == codes.Unavailable {
+				// Not "try another front": the leader began it, and the
+				// next leader resumes it.
+				return status.Errorf(codes.Aborted, "the Raft leader went away mid-way (the next leader resumes the rollout; herdctl history tells how it ended): %s", status.Convert(err).Message())
+			}
 			return err
 		}
+		started = true
 		if err := down.Send(msg); err != nil {
 			return err
 		}
@@ -53,7 +61,7 @@ func (s *Service) current(app string) (*herdv1.Release, error) {
 // that rolled out and differs from it) or to --to, as a new release,
 // without health waits.
 func (s *Service) Rollback(req *herdv1.RollbackRequest, stream herdv1.Control_RollbackServer) error {
-	if _, err := batchSize(req.GetBatch(), 1); err != nil {
+	if _, err := batchSize(req.GetBatch(), math.MaxInt); err != nil {
 		return toStatus(err)
 	}
 	leader, ctx, self, err := s.leaderControl(stream.Context())
@@ -140,7 +148,7 @@ func (s *Service) Scale(req *herdv1.ScaleRequest, stream herdv1.Control_ScaleSer
 // Restart replaces every worker of the app (same release), batch by batch:
 // on each node new workers start and get healthy before the old ones go.
 func (s *Service) Restart(req *herdv1.RestartRequest, stream herdv1.Control_RestartServer) error {
-	if _, err := batchSize(req.GetBatch(), 1); err != nil {
+	if _, err := batchSize(req.GetBatch(), math.MaxInt); err != nil {
 		return toStatus(err)
 	}
 	leader, ctx, self, err := s.leaderControl(stream.Context())

@@ -103,14 +103,15 @@ func (s *Service) rolloutNodes(spec *herdv1.AppSpec) ([]cluster.NodeView, error)
 
 // resume takes over a rollout that a previous leader left in progress: the
 // same plan, on the nodes not yet moved; the release command is not run
-// again once it succeeded.
+// again once it succeeded. The caller marks the app as running.
 func (s *Service) resume(ctx context.Context, ro *herdv1.Rollout) {
 	rel := ro.GetRelease()
-	done := s.markRunning(rel.GetApp())
-	defer done()
 	log := s.Log.With("app", rel.GetApp(), "release", rel.GetId())
 	log.Warn("resuming a rollout the previous leader left unfinished", "started_by", ro.GetFront())
 	fail := func(cause string) {
+		if s.stillOurs(ctx, ro) != "" {
+			return
+		}
 		err := s.State.Finish(&herdv1.FinishRollout{App: rel.GetApp(), Rollout: ro.GetId(), Error: "interrupted: " + cause})
 		if err != nil {
 			log.Warn("end an interrupted rollout", "err", err)
@@ -181,9 +182,12 @@ func (s *Service) run(ctx context.Context, ro *herdv1.Rollout, sources []string,
 	}
 	size = max(1, min(size, len(nodes)))
 	finish := func(results []*herdv1.NodeResult, cause string) error {
+		if why := s.stillOurs(ctx, ro); why != "" {
+			return status.Errorf(codes.Aborted, "%s %s: %s", app, rel.GetId(), why)
+		}
 		err := s.State.Finish(&herdv1.FinishRollout{App: app, Rollout: ro.GetId(), Ok: cause == "", Nodes: results, Error: cause})
 		if err != nil {
-			return status.Errorf(status.Code(toStatus(err)), "%s %s: recording the outcome failed: %v", app, rel.GetId(), err)
+			return status.Errorf(codes.Aborted, "%s %s: recording the outcome failed (herdctl history %s tells how it ended): %v", app, rel.GetId(), app, err)
 		}
 		return nil
 	}
@@ -206,7 +210,11 @@ func (s *Service) run(ctx context.Context, ro *herdv1.Rollout, sources []string,
 	// The first word names the release, so a front relaying this can
 	// follow the rollout through Raft if this leader goes away.
 	say(&herdv1.DeployProgress{Message: fmt.Sprintf("rolling out %s %s to %d node(s)", app, rel.GetId(), len(nodes)+len(moved))})
-	if cmd := spec.GetReleaseCommand(); cmd != "" && ro.GetChanged() && !restart && !ro.GetReleaseCommandDone() && len(nodes) > 0 {
+	// The release command runs for new code only: not for a scale or a
+	// restart (same release id), nor for a rollback (old code).
+	cur, _ := s.State.Get(app)
+	newCode := ro.GetChanged() && cur.GetId() != rel.GetId() && !strings.HasPrefix(ro.GetNote(), "rollback")
+	if cmd := spec.GetReleaseCommand(); cmd != "" && newCode && !ro.GetReleaseCommandDone() && len(nodes) > 0 {
 		say(&herdv1.DeployProgress{Node: nodes[0].Name, Message: "running the release command: " + cmd})
 		if cause := s.releaseCommand(ctx, nodes[0], rel, cmd, sources, timeout); cause != "" {
 			log.Warn("release command failed: nothing moves", "node", nodes[0].Name, "err", cause)
@@ -228,7 +236,15 @@ func (s *Service) run(ctx context.Context, ro *herdv1.Rollout, sources []string,
 	}
 	var cause string
 	for b := 0; b < batches && cause == ""; b++ {
-		batch := nodes[b*size : min((b+1)*size, len(nodes))]
+		if why := s.stillOurs(ctx, ro); why != "" {
+			log.Warn("rollout stops here", "why", why)
+			return status.Errorf(codes.Aborted, "%s %s: %s", app, rel.GetId(), why)
+		}
+		// A node drained since the rollout began is left alone.
+		batch := s.undrained(nodes[b*size : min((b+1)*size, len(nodes))])
+		if len(batch) == 0 {
+			continue
+		}
 		var names []string
 		for _, n := range batch {
 			names = append(names, n.Name)
@@ -298,6 +314,10 @@ func (s *Service) run(ctx context.Context, ro *herdv1.Rollout, sources []string,
 	// Failed: the nodes that run the new release move back, unless the
 	// operator keeps them.
 	outcome := "their previous release keeps serving"
+	if why := s.stillOurs(ctx, ro); why != "" {
+		// Not ours to revert: whoever took over decides.
+		return status.Errorf(codes.Aborted, "%s %s %s; %s", app, rel.GetId(), cause, why)
+	}
 	if p.autoRevert && len(moved) > 0 {
 		say(&herdv1.DeployProgress{Message: fmt.Sprintf("reverting %d node(s)", len(moved))})
 		reverted := s.revert(ctx, moved, previous, app, sources, timeout, say)
@@ -439,4 +459,22 @@ func runsRelease(n cluster.NodeView, rel *herdv1.Release) bool {
 		}
 	}
 	return false
+}
+
+// stillOurs says why this process must stop driving rollout ro, or "": it
+// lost the leadership (the next leader resumes it), the rollout was
+// superseded (--force), or the front is stopping.
+func (s *Service) stillOurs(ctx context.Context, ro *herdv1.Rollout) string {
+	if ctx.Err() != nil {
+		return "this front stopped leading; the next leader resumes the rollout"
+	}
+	if !s.State.IsLeader() {
+		return "front " + s.Name + " lost the Raft leadership; the next leader resumes the rollout"
+	}
+	for _, r := range s.State.Rollouts() {
+		if r.GetId() == ro.GetId() {
+			return ""
+		}
+	}
+	return "the rollout was superseded (--force) or ended by another front"
 }

@@ -27,11 +27,18 @@ func follow[T rolloutEvent](recv func() (T, error), progress io.Writer) (*herdv1
 	if f, ok := progress.(*os.File); ok {
 		tty = term.IsTerminal(int(f.Fd()))
 	}
+	started := false
 	for {
 		msg, err := recv()
 		if err != nil {
+			if started {
+				// The command began: trying it again on another front
+				// would not be the same command. Say so instead.
+				return nil, fmt.Errorf("%s (the command had begun; herdctl status and history tell how it ended)", rpcError(err))
+			}
 			return nil, err
 		}
+		started = true
 		if r := msg.GetResult(); r != nil {
 			return r, nil
 		}

@@ -861,10 +861,10 @@ const file_herd_v1_agent_proto_rawDesc = "" +
 	"\rRemoveRequest\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\":\n" +
 	"\x0eRemoveResponse\x12(\n" +
-	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"P\n" +
+	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"V\n" +
 	"\x11SetDrainedRequest\x12\x18\n" +
 	"\adrained\x18\x01 \x01(\bR\adrained\x12!\n" +
-	"\fkeep_workers\x18\x03 \x01(\bR\vkeepWorkers\">\n" +
+	"\fkeep_workers\x18\x03 \x01(\bR\vkeepWorkersJ\x04\b\x02\x10\x03\">\n" +
 	"\x12SetDrainedResponse\x12(\n" +
 	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"\xb6\x01\n" +
 	"\x0eRunTaskRequest\x12*\n" +

@@ -2856,10 +2856,10 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\arelease\x18\x01 \x01(\v2\x10.herd.v1.ReleaseR\arelease\x126\n" +
 	"\bfinished\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x12\n" +
-	"\x04note\x18\x04 \x01(\tR\x04note\"E\n" +
+	"\x04note\x18\x04 \x01(\tR\x04note\"K\n" +
 	"\fDrainRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12!\n" +
-	"\fkeep_workers\x18\x03 \x01(\bR\vkeepWorkers\"\x0f\n" +
+	"\fkeep_workers\x18\x03 \x01(\bR\vkeepWorkersJ\x04\b\x02\x10\x03\"\x0f\n" +
 	"\rDrainResponse\"$\n" +
 	"\x0eUndrainRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x11\n" +

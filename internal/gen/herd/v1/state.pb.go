@@ -1104,11 +1104,11 @@ const file_herd_v1_state_proto_rawDesc = "" +
 	"\vRolloutStep\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\x04R\arollout\x120\n" +
-	"\x14release_command_done\x18\x03 \x01(\bR\x12releaseCommandDone\"[\n" +
+	"\x14release_command_done\x18\x03 \x01(\bR\x12releaseCommandDone\"a\n" +
 	"\bSetDrain\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\adrained\x18\x02 \x01(\bR\adrained\x12!\n" +
-	"\fkeep_workers\x18\x04 \x01(\bR\vkeepWorkers\"\x1e\n" +
+	"\fkeep_workers\x18\x04 \x01(\bR\vkeepWorkersJ\x04\b\x03\x10\x04\"\x1e\n" +
 	"\n" +
 	"DestroyApp\x12\x10\n" +
 	"\x03app\x18\x01 \x01(\tR\x03app\"\xd0\x01\n" +
@@ -1155,7 +1155,7 @@ const file_herd_v1_state_proto_rawDesc = "" +
 	"\alast_id\x18\x03 \x01(\x04R\x06lastId\x12/\n" +
 	"\ahistory\x18\x04 \x03(\v2\x15.herd.v1.HistoryEntryR\ahistory\x12*\n" +
 	"\arollout\x18\x05 \x01(\v2\x10.herd.v1.RolloutR\arollout\x12\x1c\n" +
-	"\tdestroyed\x18\x06 \x01(\bR\tdestroyed\"\xe5\x01\n" +
+	"\tdestroyed\x18\x06 \x01(\bR\tdestroyed\"\xeb\x01\n" +
 	"\n" +
 	"NodeRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12F\n" +
@@ -1164,7 +1164,7 @@ const file_herd_v1_state_proto_rawDesc = "" +
 	"\fkeep_workers\x18\x05 \x01(\bR\vkeepWorkers\x1a>\n" +
 	"\x10AssignmentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x04\x10\x05\"\x85\x01\n" +
 	"\rStateSnapshot\x12&\n" +
 	"\x04apps\x18\x01 \x03(\v2\x12.herd.v1.AppRecordR\x04apps\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.herd.v1.NodeRecordR\x05nodes\x12!\n" +
