@@ -107,21 +107,25 @@ func (f *fsm) node(name string) *herdv1.NodeRecord {
 // changed (nodes scale in place), else a new one with the next id.
 func (f *fsm) begin(cmd *herdv1.StateCommand, b *herdv1.BeginRollout) any {
 	spec := b.GetSpec()
+	if b.GetRestart() && f.apps[spec.GetName()].GetCurrent() == nil {
+		// Checked first: a refused command changes nothing.
+		return fmt.Errorf("%w: no app %s to restart", ErrNotFound, spec.GetName())
+	}
 	a := f.app(spec.GetName())
 	if r := a.GetRollout(); r != nil {
 		if !b.GetForce() {
 			return beginResult{Busy: proto.CloneOf(r)}
 		}
-		f.addHistory(a, &herdv1.HistoryEntry{Release: r.GetRelease(), Finished: cmd.GetTime(), Error: "superseded"})
+		f.addHistory(a, &herdv1.HistoryEntry{Release: r.GetRelease(), Finished: cmd.GetTime(), Error: "superseded", Note: r.GetNote()})
 	}
 	var rel *herdv1.Release
 	changed := true
 	if b.GetRestart() {
-		if a.GetCurrent() == nil {
-			return fmt.Errorf("%w: no app %s to restart", ErrNotFound, spec.GetName())
-		}
+		// Restart numbers, like release ids, are never reused: a node that
+		// ran a failed restart must see the next one as new.
+		a.LastRestart = max(a.LastRestart, a.GetCurrent().GetRestart()) + 1
 		rel = proto.CloneOf(a.GetCurrent())
-		rel.Restart++
+		rel.Restart = a.LastRestart
 	} else if cur := a.GetCurrent(); cur != nil && cur.GetDigest() == b.GetDigest() {
 		if proto.Equal(cur.GetSpec(), spec) {
 			rel, changed = proto.CloneOf(cur), false

@@ -870,7 +870,9 @@ type AppRecord struct {
 	History []*HistoryEntry `protobuf:"bytes,4,rep,name=history,proto3" json:"history,omitempty"`
 	Rollout *Rollout        `protobuf:"bytes,5,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	// Destroyed: nodes stop it; a later deploy brings it back.
-	Destroyed     bool `protobuf:"varint,6,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
+	Destroyed bool `protobuf:"varint,6,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
+	// The last restart number handed out (Release.restart); never reused.
+	LastRestart   uint64 `protobuf:"varint,7,opt,name=last_restart,json=lastRestart,proto3" json:"last_restart,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -945,6 +947,13 @@ func (x *AppRecord) GetDestroyed() bool {
 		return x.Destroyed
 	}
 	return false
+}
+
+func (x *AppRecord) GetLastRestart() uint64 {
+	if x != nil {
+		return x.LastRestart
+	}
+	return 0
 }
 
 // NodeRecord is what the desired state says about one node.
@@ -1148,14 +1157,15 @@ const file_herd_v1_state_proto_rawDesc = "" +
 	"\bfinished\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12\x12\n" +
-	"\x04note\x18\x05 \x01(\tR\x04note\"\xdf\x01\n" +
+	"\x04note\x18\x05 \x01(\tR\x04note\"\x82\x02\n" +
 	"\tAppRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\acurrent\x18\x02 \x01(\v2\x10.herd.v1.ReleaseR\acurrent\x12\x17\n" +
 	"\alast_id\x18\x03 \x01(\x04R\x06lastId\x12/\n" +
 	"\ahistory\x18\x04 \x03(\v2\x15.herd.v1.HistoryEntryR\ahistory\x12*\n" +
 	"\arollout\x18\x05 \x01(\v2\x10.herd.v1.RolloutR\arollout\x12\x1c\n" +
-	"\tdestroyed\x18\x06 \x01(\bR\tdestroyed\"\xeb\x01\n" +
+	"\tdestroyed\x18\x06 \x01(\bR\tdestroyed\x12!\n" +
+	"\flast_restart\x18\a \x01(\x04R\vlastRestart\"\xeb\x01\n" +
 	"\n" +
 	"NodeRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12F\n" +
