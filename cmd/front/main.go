@@ -37,6 +37,7 @@ func main() {
 	fs.StringVar(&cfg.Gossip, "gossip", ":7946", "gossip (memberlist) bind `ADDR`, UDP and TCP")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "`IP` other members reach this front at (default: the bind IP or a private address)")
 	fs.Var(&join, "join", "gossip `HOST:PORT` of a member to join (repeatable); the first front starts without it and bootstraps the Raft cluster")
+	fs.StringVar(&cfg.ClusterKeyFile, "cluster-key-file", "", "`FILE` with the cluster key(s) that encrypt gossip (default: DATA-DIR/cluster.key, made by the first front; see herdctl keygen)")
 	fs.StringVar(&cfg.Raft, "raft", ":7702", "Raft listener `ADDR` for the fronts' desired state")
 	fs.IntVar(&cfg.RaftVoters, "raft-voters", 3, "how many fronts vote in Raft (`N`, odd: 1, 3 or 5); more fronts join as non-voters")
 	fs.DurationVar(&cfg.RaftRemoveAfter, "raft-remove-after", 10*time.Minute, "the leader removes a front from Raft after it is gone from gossip this long")

@@ -19,6 +19,9 @@ type Config struct {
 	Advertise string // IP fronts and workers use; workers bind it
 	Join      []string
 	GRPC      string // Agent API bind host:port
+	// ClusterKeyFile holds the cluster key(s) that encrypt gossip
+	// (default <data-dir>/cluster.key).
+	ClusterKeyFile string
 	Labels    map[string]string
 	PortLo    int // worker ports are taken from [PortLo, PortHi]
 	PortHi    int

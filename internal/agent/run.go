@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/pki"
 	"github.com/herd-run/herd/internal/release"
 	"github.com/herd-run/herd/internal/runfile"
 )
@@ -46,6 +48,21 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := checkReachable(cfg.DataDir, workerUser); err != nil {
 			return err
 		}
+	}
+	keyFile := cfg.ClusterKeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.DataDir, "cluster.key")
+	}
+	keyring, err := pki.ReadKeyring(keyFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("herd-node needs the cluster key: --cluster-key-file FILE, as the first front wrote it to its <data-dir>/cluster.key (%s does not exist)", keyFile)
+	}
+	if err != nil {
+		return fmt.Errorf("--cluster-key-file: %w", err)
+	}
+	var keys [][]byte
+	for _, k := range keyring {
+		keys = append(keys, k[:])
 	}
 	store, err := release.OpenStore(filepath.Join(cfg.DataDir, "artifacts"))
 	if err != nil {
@@ -87,6 +104,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Bind:      cfg.Gossip,
 		Advertise: host,
 		GRPCAddr:  grpcAddr,
+		Keys:      keys,
 		Logger:    log,
 	})
 	if err != nil {

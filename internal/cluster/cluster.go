@@ -123,6 +123,15 @@ func New(cfg Config) (*Cluster, error) {
 	// A member restarted under its old name from a new address would be
 	// refused as a conflict (memberlist#157) until the dead one is reaped.
 	mc.DeadNodeReclaimTime = 30 * time.Second
+	if len(cfg.Keys) > 0 {
+		kr, err := memberlist.NewKeyring(cfg.Keys[1:], cfg.Keys[0])
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("--cluster-key-file: %w", err)
+		}
+		mc.Keyring = kr
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
 	mc.Conflict = (*events)(c)

@@ -758,3 +758,35 @@ func TestDuplicateNameConflict(t *testing.T) {
 		t.Errorf("the front sees %s at %s, want %s", a.cfg.Name, m.GossipAddr, a.GossipAddr())
 	}
 }
+
+// TestGossipNeedsTheKey: members with the cluster key see each other; one
+// without it, or with another key, cannot join; a member with the new key
+// first and the old one second (a rotation under way) joins both.
+func TestGossipNeedsTheKey(t *testing.T) {
+	t.Parallel()
+	key := func(b byte) []byte { k := make([]byte, 32); k[0] = b; return k }
+	f := newMember(t, herdv1.Role_ROLE_FRONT, func(c *Config) { c.Keys = [][]byte{key(1)} })
+	n := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = [][]byte{key(1)} })
+	join(t, n, f)
+	for _, keys := range [][][]byte{nil, {key(2)}} {
+		stranger := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = keys })
+		if err := stranger.Join([]string{f.GossipAddr()}); err == nil {
+			t.Errorf("a member with keys %v joined a cluster it has no key for", keys)
+		}
+	}
+	// Rotation: the new key is installed second everywhere, then made
+	// first; a member on either step talks to one on the other.
+	installed := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = [][]byte{key(1), key(3)} })
+	join(t, installed, f)
+	switched := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = [][]byte{key(3), key(1)} })
+	join(t, switched, installed)
+	eventually(t, 5*time.Second, func() (bool, string) {
+		_, ok := memberOf(installed, switched.cfg.Name)
+		return ok, "members on two steps of a rotation do not see each other"
+	})
+	for _, m := range f.Members() {
+		if strings.HasPrefix(m.Name, "node-") && m.Name != n.cfg.Name && m.Name != installed.cfg.Name && m.Name != switched.cfg.Name && m.State == herdv1.MemberState_MEMBER_STATE_ALIVE {
+			t.Errorf("the front sees %s, which has no key", m.Name)
+		}
+	}
+}

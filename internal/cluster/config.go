@@ -28,6 +28,11 @@ type Config struct {
 	GRPCAddr string
 	// RaftAddr is a front's Raft transport host:port, published in the meta.
 	RaftAddr string
+	// Keys encrypt and authenticate gossip (AES-256-GCM, memberlist's
+	// keyring): the first encrypts, every one decrypts, so keys can be
+	// rotated without a split. Each is 32 bytes. Empty: plain gossip
+	// (tests only; the programs always set one).
+	Keys [][]byte
 	// Logger receives memberlist's log too. Default: discard.
 	Logger *slog.Logger
 	// Fetch gets a node's full state over gRPC when gossip says it changed.

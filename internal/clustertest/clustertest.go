@@ -194,6 +194,10 @@ func (c *Cluster) StartFront(i int) *Proc {
 	}
 	args := []string{"--name", name, "--http", addr["http"], "--grpc", addr["grpc"], "--admin", addr["admin"],
 		"--gossip", addr["gossip"], "--raft", addr["raft"], "--deploy-timeout", "30s"}
+	if i > 1 {
+		// Front 1 made the cluster key when it bootstrapped.
+		args = append(args, "--cluster-key-file", c.KeyFile())
+	}
 	// The first start of front 1 has nobody to join: it bootstraps.
 	for _, f := range c.Fronts {
 		if f != nil && f.Name != name {
@@ -211,6 +215,11 @@ func (c *Cluster) StartFront(i int) *Proc {
 		c.Front = p
 	}
 	return p
+}
+
+// KeyFile is the cluster key the first front wrote when it bootstrapped.
+func (c *Cluster) KeyFile() string {
+	return filepath.Join(c.Dir, "front", "cluster.key")
 }
 
 // CtlVia runs herdctl against one front.
@@ -235,7 +244,7 @@ func (c *Cluster) StartNode(i int, extra ...string) *Proc {
 	}
 	args := []string{"--name", fmt.Sprintf("node-%d", i), "--advertise", ip,
 		"--gossip", gossip, "--grpc", grpcAddr,
-		"--port-range", fmt.Sprintf("%d-%d", lo, lo+99)}
+		"--port-range", fmt.Sprintf("%d-%d", lo, lo+99), "--cluster-key-file", c.KeyFile()}
 	for _, f := range c.Fronts {
 		if f != nil {
 			args = append(args, "--join", f.Addrs["gossip"])

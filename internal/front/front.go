@@ -29,6 +29,7 @@ import (
 	"github.com/herd-run/herd/internal/control"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/httpguard"
+	"github.com/herd-run/herd/internal/pki"
 	"github.com/herd-run/herd/internal/proxy"
 	"github.com/herd-run/herd/internal/release"
 	"github.com/herd-run/herd/internal/runfile"
@@ -60,6 +61,9 @@ type Config struct {
 	// Raft configuration (default 10 min).
 	RaftVoters      int
 	RaftRemoveAfter time.Duration
+	// ClusterKeyFile holds the cluster key(s) that encrypt gossip; default
+	// <data-dir>/cluster.key, made by the first front when it bootstraps.
+	ClusterKeyFile string
 	// DeployTimeout bounds how long nodes may take to run a release healthy.
 	DeployTimeout time.Duration
 	// AccessLog is "off", "stdout" or a file path; AccessLogFormat is
@@ -142,6 +146,10 @@ func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger.With("front", cfg.Name)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
+	}
+	keys, err := clusterKeys(cfg, log)
+	if err != nil {
+		return err
 	}
 	artifacts, err := release.OpenStore(filepath.Join(cfg.DataDir, "artifacts"))
 	if err != nil {
@@ -286,6 +294,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Advertise: host,
 		GRPCAddr:  grpcAddr,
 		RaftAddr:  raftAddr,
+		Keys:      keys,
 		Logger:    log,
 		Fetch:     agents.FetchState,
 		OnChange:  func() { refresh() },
@@ -458,6 +467,36 @@ func Run(ctx context.Context, cfg Config) error {
 	runfile.Remove(cfg.DataDir)
 	log.Info("herd-front stopped")
 	return runErr
+}
+
+// clusterKeys reads the cluster key file. The first front (no --join, no
+// key file given) makes the key when there is none yet.
+func clusterKeys(cfg Config, log *slog.Logger) ([][]byte, error) {
+	path := cfg.ClusterKeyFile
+	if path == "" {
+		path = filepath.Join(cfg.DataDir, "cluster.key")
+	}
+	keys, err := pki.ReadKeyring(path)
+	if errors.Is(err, os.ErrNotExist) && cfg.ClusterKeyFile == "" && len(cfg.Join) == 0 {
+		k, kerr := pki.NewClusterKey()
+		if kerr == nil {
+			kerr = pki.WriteClusterKeyFile(path, k)
+		}
+		if kerr != nil {
+			return nil, fmt.Errorf("make the cluster key: %w", kerr)
+		}
+		log.Info("made the cluster key: every node and front that joins needs it (--cluster-key-file)", "file", path)
+		keys = []pki.ClusterKey{k}
+	} else if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("--cluster-key-file %s does not exist: a front that joins needs the key the first front wrote to its <data-dir>/cluster.key", path)
+	} else if err != nil {
+		return nil, fmt.Errorf("--cluster-key-file: %w", err)
+	}
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = k[:]
+	}
+	return out, nil
 }
 
 func serveErr(what string, err error) error {
