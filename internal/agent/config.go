@@ -22,9 +22,9 @@ type Config struct {
 	// ClusterKeyFile holds the cluster key(s) that encrypt gossip
 	// (default <data-dir>/cluster.key).
 	ClusterKeyFile string
-	Labels    map[string]string
-	PortLo    int // worker ports are taken from [PortLo, PortHi]
-	PortHi    int
+	Labels         map[string]string
+	PortLo         int // worker ports are taken from [PortLo, PortHi]
+	PortHi         int
 	// StopGrace is how long a worker may take to stop after SIGTERM.
 	StopGrace time.Duration
 	// AckWait caps how long the node waits for every front to acknowledge
