@@ -287,7 +287,7 @@ front_gossip=$(addr "$work/front" gossip)
 pids+=($!)
 addr "$work/node" grpc >/dev/null
 
-export HERD_ADDR=$front_grpc
+export HERD_CONFIG=$work/front/admin.herdctl HERD_ADDR=$front_grpc
 for i in $(seq 1 100); do
 	[ "$("$herdctl" nodes 2>/dev/null | grep -c ' alive')" = 2 ] && break
 	[ "$i" = 100 ] && die "herd-node did not join the front"

@@ -96,6 +96,8 @@ for i in 1 2 3; do
 	addr "$work/node-$i" grpc >/dev/null
 done
 
+# The front wrote the admin's credentials (mTLS) when it bootstrapped.
+export HERD_CONFIG=$work/front/admin.herdctl
 export HERD_ADDR=$grpc
 for _ in $(seq 1 100); do
 	[ "$(bin/herdctl nodes | grep -c ' alive')" = 4 ] && break
@@ -130,11 +132,14 @@ herd is running: 1 front, 3 nodes, app "hello" with 2 workers per node.
   Open   http://hello.localhost:$hport/        (browsers resolve *.localhost to loopback)
   or     curl -H 'Host: hello.localhost' http://$http/
 
-Try (in another shell):
-  export HERD_ADDR=$grpc
+Everything is mTLS: the first front made the cluster CA, the cluster key
+($work/front/cluster.key, which the nodes joined with) and the admin's
+herdctl config. Try (in another shell):
+  export HERD_CONFIG=$work/front/admin.herdctl
   bin/herdctl nodes
   bin/herdctl status
-  bin/herdctl deploy hello $work/hello --cmd 'exec ./hello' --workers 3 --host hello.localhost --health /healthz
+  bin/herdctl deploy hello $work/hello --cmd 'exec ./hello' --workers 3 --host hello.localhost --health /healthz --batch 1
+  bin/herdctl history hello
 
 Logs: $work/*.log. Press Ctrl-C to stop everything.
 MSG

@@ -195,7 +195,11 @@ func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []stri
 	}
 	log.Info("release running", "workers", len(slots))
 	if old != nil {
-		m.retire(old.slots, st.GetGeneration())
+		// Answer only once every front routes by the new endpoints alone
+		// (at most AckWait): after a deploy's verdict no request reaches
+		// the old release. The old workers then stop in the background.
+		m.awaitFronts(st.GetGeneration())
+		m.bg.Go(func() { m.stopSlots(old.slots) })
 	}
 	m.remember(rel.GetApp(), rel.GetDigest())
 	return nil

@@ -2,11 +2,11 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 )
@@ -81,6 +81,19 @@ func (m *manager) getAssignment(ctx context.Context, addr string) (*herdv1.GetAs
 type frontConns struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	dial  grpc.DialOption // the node's credentials (nil before it has them)
+}
+
+func (m *manager) setFrontDial(d grpc.DialOption) {
+	m.fronts.mu.Lock()
+	m.fronts.dial = d
+	m.fronts.mu.Unlock()
+}
+
+func (m *manager) frontDial() grpc.DialOption {
+	m.fronts.mu.Lock()
+	defer m.fronts.mu.Unlock()
+	return m.fronts.dial
 }
 
 // controlClient returns a Control client for a front's gRPC address.
@@ -92,8 +105,11 @@ func (m *manager) controlClient(addr string) (herdv1.ControlClient, error) {
 	}
 	conn := m.fronts.conns[addr]
 	if conn == nil {
+		if m.fronts.dial == nil {
+			return nil, errors.New("no certificate yet to call fronts with")
+		}
 		var err error
-		if conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		if conn, err = grpc.NewClient(addr, m.fronts.dial); err != nil {
 			return nil, err
 		}
 		m.fronts.conns[addr] = conn

@@ -33,7 +33,7 @@ func (m *manager) remove(app string) {
 		m.log.Error("save node state", "err", err)
 	}
 	m.awaitFronts(st.GetGeneration())
-	m.stopSlots(append(cur.slots, cur.retiring...))
+	m.stopSlots(cur.slots) // retiring ones are stopped by their replacement
 	m.log.Info("app removed", "app", app, "release", cur.rel.GetId())
 }
 

@@ -11,10 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/herd-run/herd/internal/certs"
 	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/pki"
@@ -96,7 +98,7 @@ func Run(ctx context.Context, cfg Config) error {
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	defer m.cancel()
 	m.fetcher = func(ctx context.Context, sources []string, digest string) error {
-		return release.Fetch(ctx, store, sources, digest)
+		return release.Fetch(ctx, store, sources, digest, m.frontDial())
 	}
 	cl, err := cluster.New(cluster.Config{
 		Name:      cfg.Name,
@@ -121,7 +123,39 @@ func Run(ctx context.Context, cfg Config) error {
 	go m.reportLoop(m.ctx)
 	defer m.closeFrontConns()
 
-	srv := grpc.NewServer()
+	// Gossip first (it is how the node finds the fronts), then the
+	// certificate, from a front, for proving the cluster key; then the
+	// Agent API, which only fronts may call.
+	joinCtx, stopJoin := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	bg.Go(func() {
+		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
+	})
+	bundle, _, err := certs.Obtain(ctx, pki.ClusterKey(keys[0]), pki.RoleNode, cfg.Name, []string{host}, cfg.DataDir, func() []string {
+		var out []string
+		for _, f := range cl.Members() {
+			if f.Role == herdv1.Role_ROLE_FRONT && f.State == herdv1.MemberState_MEMBER_STATE_ALIVE && f.GRPCAddr != "" {
+				out = append(out, f.GRPCAddr)
+			}
+		}
+		return out
+	}, log)
+	if err != nil {
+		stopJoin()
+		bg.Wait()
+		m.stopAll()
+		cl.Close()
+		return fmt.Errorf("certificate: %w", err)
+	}
+	opts, err := m.useCertificate(bundle)
+	if err != nil {
+		stopJoin()
+		bg.Wait()
+		m.stopAll()
+		cl.Close()
+		return err
+	}
+	srv := grpc.NewServer(opts...)
 	herdv1.RegisterAgentServer(srv, &service{m: m})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
@@ -131,13 +165,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("herd-node serving", "grpc", grpcAddr, "gossip", cl.GossipAddr(), "advertise", host, "worker_user", workerUser)
 
-	joinCtx, stopJoin := context.WithCancel(ctx)
-	joined := make(chan struct{})
-	go func() {
-		defer close(joined)
+	bg.Go(func() {
+		// Joined (or stopping): converge on the assignment.
 		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
 		m.pullAssignment(joinCtx)
-	}()
+	})
 
 	var runErr error
 	select {
@@ -148,7 +180,7 @@ func Run(ctx context.Context, cfg Config) error {
 		runErr = fmt.Errorf("another live member named %q gossips from %s: node names must be unique (--name)", cfg.Name, other)
 	}
 	stopJoin()
-	<-joined
+	bg.Wait()
 
 	log.Info("herd-node stopping: withdrawing endpoints")
 	cl.Leaving()
@@ -163,4 +195,19 @@ func Run(ctx context.Context, cfg Config) error {
 	runfile.Remove(cfg.DataDir)
 	log.Info("herd-node stopped")
 	return runErr
+}
+
+// useCertificate makes the node call fronts with its certificate and
+// returns the Agent server's options: only fronts may call it.
+func (m *manager) useCertificate(b *pki.Bundle) ([]grpc.ServerOption, error) {
+	toFronts, err := certs.Dial(b, pki.RoleFront)
+	if err != nil {
+		return nil, err
+	}
+	m.setFrontDial(toFronts)
+	pool, err := b.Pool()
+	if err != nil {
+		return nil, err
+	}
+	return (&certs.Policy{Pool: pool, Roles: map[string][]string{"/herd.v1.Agent/*": {pki.RoleFront}}}).ServerOptions(b)
 }

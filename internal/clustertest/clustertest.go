@@ -23,6 +23,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/herd-run/herd/internal/herdconfig"
+	"github.com/herd-run/herd/internal/pki"
 	"github.com/herd-run/herd/internal/runfile"
 )
 
@@ -217,6 +222,26 @@ func (c *Cluster) StartFront(i int) *Proc {
 	return p
 }
 
+// AdminConfig is the herdctl config the first front wrote.
+func (c *Cluster) AdminConfig() string {
+	return filepath.Join(c.Dir, "front", "admin.herdctl")
+}
+
+// AdminDial is the dial option of the admin operator, for tests that call
+// the Control API directly.
+func (c *Cluster) AdminDial() grpc.DialOption {
+	c.T.Helper()
+	f, err := herdconfig.Read(c.AdminConfig())
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	cfg, err := pki.ClientTLS(f.Bundle(), pki.RoleFront)
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+}
+
 // KeyFile is the cluster key the first front wrote when it bootstrapped.
 func (c *Cluster) KeyFile() string {
 	return filepath.Join(c.Dir, "front", "cluster.key")
@@ -225,7 +250,7 @@ func (c *Cluster) KeyFile() string {
 // CtlVia runs herdctl against one front.
 func (c *Cluster) CtlVia(f *Proc, args ...string) Result {
 	c.T.Helper()
-	return RunCtl(c.T, c.Bin.Ctl, append([]string{"--addr", f.Addrs["grpc"]}, args...)...)
+	return RunCtl(c.T, c.Bin.Ctl, append([]string{"--config", c.AdminConfig(), "--addr", f.Addrs["grpc"]}, args...)...)
 }
 
 // StartNode starts node i (named node-i) joined to the front, with extra
@@ -340,7 +365,7 @@ type Result struct {
 // Ctl runs herdctl against the front.
 func (c *Cluster) Ctl(args ...string) Result {
 	c.T.Helper()
-	return RunCtl(c.T, c.Bin.Ctl, append([]string{"--addr", c.Front.Addrs["grpc"]}, args...)...)
+	return RunCtl(c.T, c.Bin.Ctl, append([]string{"--config", c.AdminConfig(), "--addr", c.Front.Addrs["grpc"]}, args...)...)
 }
 
 // RunCtl runs herdctl with exactly args.

@@ -50,7 +50,7 @@ func TestLogs(t *testing.T) {
 	// Follow: a restarted worker's new start line shows up live.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.Bin.Ctl, "--addr", c.Front.Addrs["grpc"], "logs", "hello", "-f", "--since", "1ms")
+	cmd := exec.CommandContext(ctx, c.Bin.Ctl, "--config", c.AdminConfig(), "--addr", c.Front.Addrs["grpc"], "logs", "hello", "-f", "--since", "1ms")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

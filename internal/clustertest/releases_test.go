@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 )
@@ -24,7 +23,7 @@ import (
 // deploys it as app hello; it returns the deploy's error.
 func deployRaw(t *testing.T, c *Cluster, artifact []byte, cmd string) error {
 	t.Helper()
-	conn, err := grpc.NewClient(c.Front.Addrs["grpc"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(c.Front.Addrs["grpc"], c.AdminDial())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,12 +1,22 @@
 package clustertest
 
 import (
+	"bytes"
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
+
+	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/pki"
 )
 
@@ -24,23 +34,118 @@ func TestGossipIsEncrypted(t *testing.T) {
 	if r.Code == 0 || !strings.Contains(r.Stderr, "--cluster-key-file") {
 		t.Fatalf("a node without the key: exit %d, %q", r.Code, r.Stderr)
 	}
-	out := RunCtl(t, c.Bin.Ctl, "keygen")
-	other, err := pki.ParseClusterKey(out.Stdout)
-	if out.Code != 0 || err != nil {
-		t.Fatalf("herdctl keygen: %q %v", out.Stdout, err)
+	kg := RunCtl(t, c.Bin.Ctl, "keygen")
+	other, err := pki.ParseClusterKey(kg.Stdout)
+	if kg.Code != 0 || err != nil {
+		t.Fatalf("herdctl keygen: %q %v", kg.Stdout, err)
 	}
 	wrong := filepath.Join(dir, "wrong.key")
 	if err := pki.WriteClusterKeyFile(wrong, other); err != nil {
 		t.Fatal(err)
 	}
-	p := c.start("stranger", c.Bin.Node, "--name", "stranger", "--advertise", NodeIP(9), "--gossip", NodeIP(9)+":0",
-		"--grpc", NodeIP(9)+":0", "--join", c.Front.Addrs["gossip"], "--cluster-key-file", wrong)
-	defer p.Stop(10 * time.Second)
+	// A node with another key: its gossip is refused, so it never meets
+	// a front, never gets a certificate, never serves.
+	var out bytes.Buffer
+	cmd := exec.Command(c.Bin.Node, "--data-dir", filepath.Join(dir, "b"), "--name", "stranger", "--advertise", NodeIP(9),
+		"--gossip", NodeIP(9)+":0", "--grpc", NodeIP(9)+":0", "--join", c.Front.Addrs["gossip"], "--cluster-key-file", wrong, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(3 * time.Second)
+	cmd.Process.Kill()
+	cmd.Wait()
 	if r := c.Ctl("nodes"); strings.Contains(r.Stdout, "stranger") {
 		t.Errorf("a node with another key became a member:\n%s", r.Stdout)
 	}
-	if !strings.Contains(p.Log(), "cannot join") {
-		t.Errorf("the stranger's log does not say it cannot join:\n%s", tail(p.Log(), 20))
+	if !strings.Contains(out.String(), "no installed keys could decrypt") {
+		t.Errorf("the stranger's log does not say its key was refused:\n%s", tail(out.String(), 20))
+	}
+}
+
+// TestRolesEnforced: every gRPC call needs a certificate of the right
+// role. Without one a caller is told what to do; a node cannot change the
+// desired state; an operator cannot call a node's Agent API.
+func TestRolesEnforced(t *testing.T) {
+	c := Start(t, 1)
+	caPEM, err := os.ReadFile(filepath.Join(c.Front.DataDir, "tls", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(c.Front.DataDir, "tls", "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.ParseCA(caPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(b *pki.Bundle, addr, wantRole string, f func(*grpc.ClientConn) error) error {
+		cfg, err := pki.ClientTLS(b, wantRole)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return f(conn)
+	}
+	status := func(conn *grpc.ClientConn) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := herdv1.NewControlClient(conn).Status(ctx, &herdv1.StatusRequest{})
+		return err
+	}
+	drain := func(conn *grpc.ClientConn) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := herdv1.NewControlClient(conn).Drain(ctx, &herdv1.DrainRequest{Node: "node-1"})
+		return err
+	}
+	front := c.Front.Addrs["grpc"]
+	noCert := &pki.Bundle{CAPEM: caPEM}
+	if err := call(noCert, front, pki.RoleFront, status); grpcstatus.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "--config") {
+		t.Errorf("status without a certificate: %v", err)
+	}
+	node, err := ca.IssueBundle(pki.RoleNode, "node-1", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := call(node, front, pki.RoleFront, drain); grpcstatus.Code(err) != codes.PermissionDenied {
+		t.Errorf("a node draining: %v, want PermissionDenied", err)
+	}
+	reader, err := ca.IssueBundle(pki.RoleReader, "viewer", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := call(reader, front, pki.RoleFront, status); err != nil {
+		t.Errorf("a read-only operator's status: %v", err)
+	}
+	if err := call(reader, front, pki.RoleFront, drain); grpcstatus.Code(err) != codes.PermissionDenied {
+		t.Errorf("a read-only operator draining: %v, want PermissionDenied", err)
+	}
+	admin, err := ca.IssueBundle(pki.RoleOperator, "admin", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = call(admin, c.Nodes[0].Addrs["grpc"], pki.RoleNode, func(conn *grpc.ClientConn) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := herdv1.NewAgentClient(conn).ListWorkers(ctx, &herdv1.ListWorkersRequest{})
+		return err
+	})
+	if grpcstatus.Code(err) != codes.PermissionDenied {
+		t.Errorf("an operator calling a node: %v, want PermissionDenied", err)
+	}
+	// A plaintext client gets nowhere.
+	conn, err := grpc.NewClient(front, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := status(conn); err == nil {
+		t.Error("a plaintext call succeeded")
 	}
 }

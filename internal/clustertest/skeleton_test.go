@@ -8,6 +8,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/herd-run/herd/internal/herdconfig"
+	"github.com/herd-run/herd/internal/pki"
 )
 
 const helloHost = "hello.test"
@@ -205,6 +208,20 @@ func TestCtlBadInput(t *testing.T) {
 	}
 	// A port nobody listens on: take one and close it.
 	dead := "127.0.0.1:1"
+	// Credentials of some cluster, for the cases that get as far as
+	// dialing a front.
+	ca, err := pki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ca.IssueBundle(pki.RoleOperator, "admin", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := dir + "/admin.herdctl"
+	if err := herdconfig.Write(cfg, &herdconfig.File{Addrs: []string{dead}, Name: "admin", Role: pki.RoleOperator, CA: string(b.CAPEM), Cert: string(b.CertPEM), Key: string(b.KeyPEM)}); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		args []string
@@ -218,8 +235,9 @@ func TestCtlBadInput(t *testing.T) {
 		{"missing args", []string{"deploy", "app"}, "deploy needs APP and DIR"},
 		{"bad output", []string{"-o", "yaml", "status"}, `-o "yaml"`},
 		{"unknown command", []string{"frob"}, "unknown command"},
-		{"unreachable front", []string{"--addr", dead, "deploy", "app", dir, "--cmd", "x"}, "no front reachable"},
-		{"unreachable front status", []string{"--addr", dead, "status"}, "no front reachable"},
+		{"unreachable front", []string{"--config", cfg, "deploy", "app", dir, "--cmd", "x"}, "no front reachable"},
+		{"unreachable front status", []string{"--config", cfg, "status"}, "no front reachable"},
+		{"no credentials", []string{"--addr", dead, "status"}, "no credentials: pass --config FILE"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -120,7 +120,7 @@ func (s *Service) PullArtifact(ctx context.Context, req *herdv1.PullArtifactRequ
 			sources = append(sources, src)
 		}
 	}
-	if err := release.Fetch(ctx, s.Artifacts, sources, req.GetDigest()); err != nil {
+	if err := release.Fetch(ctx, s.Artifacts, sources, req.GetDigest(), s.Agents.FrontDial()); err != nil {
 		return nil, status.Errorf(codes.NotFound, "front %s: %v", s.Name, err)
 	}
 	size, _ := s.Artifacts.Has(req.GetDigest())

@@ -9,17 +9,19 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/herd-run/herd/internal/certs"
 	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/pki"
 	"github.com/herd-run/herd/internal/release"
 	"github.com/herd-run/herd/internal/state"
 )
@@ -61,15 +63,33 @@ type Service struct {
 	lead    leaderState
 }
 
-// Agents keeps one gRPC connection per node address. Safe for concurrent use.
+// Agents keeps one gRPC connection per node or front address. Safe for
+// concurrent use.
 type Agents struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	// toNodes and toFronts carry this front's credentials and check the
+	// other side's role (set once the front has its certificate).
+	toNodes, toFronts grpc.DialOption
+}
+
+// SetCredentials sets how to dial nodes and fronts.
+func (a *Agents) SetCredentials(toNodes, toFronts grpc.DialOption) {
+	a.mu.Lock()
+	a.toNodes, a.toFronts = toNodes, toFronts
+	a.mu.Unlock()
+}
+
+// FrontDial is how to dial another front (nil before the certificate).
+func (a *Agents) FrontDial() grpc.DialOption {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.toFronts
 }
 
 // Client returns an Agent client for a node's gRPC address.
 func (a *Agents) Client(addr string) (herdv1.AgentClient, error) {
-	conn, err := a.conn(addr)
+	conn, err := a.conn("node", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -78,27 +98,35 @@ func (a *Agents) Client(addr string) (herdv1.AgentClient, error) {
 
 // Control returns a Control client for another front's gRPC address.
 func (a *Agents) Control(addr string) (herdv1.ControlClient, error) {
-	conn, err := a.conn(addr)
+	conn, err := a.conn("front", addr)
 	if err != nil {
 		return nil, err
 	}
 	return herdv1.NewControlClient(conn), nil
 }
 
-func (a *Agents) conn(addr string) (*grpc.ClientConn, error) {
+func (a *Agents) conn(role, addr string) (*grpc.ClientConn, error) {
+	key := role + "/" + addr
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	dial := a.toNodes
+	if role == "front" {
+		dial = a.toFronts
+	}
+	if dial == nil {
+		return nil, fmt.Errorf("no credentials to call a %s yet", role)
+	}
 	if a.conns == nil {
 		a.conns = map[string]*grpc.ClientConn{}
 	}
-	conn := a.conns[addr]
+	conn := a.conns[key]
 	if conn == nil {
 		var err error
-		conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err = grpc.NewClient(addr, dial)
 		if err != nil {
 			return nil, err
 		}
-		a.conns[addr] = conn
+		a.conns[key] = conn
 	}
 	return conn, nil
 }
@@ -243,8 +271,11 @@ func toStatus(err error) error {
 // ReportState takes a node's state from the node itself (see the Agent's
 // report loop). It must come from a known node and name the node's own
 // address; an older generation than the one known changes nothing.
-func (s *Service) ReportState(_ context.Context, req *herdv1.ReportStateRequest) (*herdv1.ReportStateResponse, error) {
+func (s *Service) ReportState(ctx context.Context, req *herdv1.ReportStateRequest) (*herdv1.ReportStateResponse, error) {
 	st := req.GetState()
+	if id := certs.IdentityFrom(ctx); id.Role == pki.RoleNode && id.Name != st.GetNode() {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s may report only its own state, not %s's", id.Name, st.GetNode())
+	}
 	for _, m := range s.Cluster.Members() {
 		if m.Name == st.GetNode() && m.Role == herdv1.Role_ROLE_NODE {
 			if st.GetAddress() != m.Addr {

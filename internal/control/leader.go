@@ -10,8 +10,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/herd-run/herd/internal/certs"
 	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/pki"
 	"github.com/herd-run/herd/internal/state"
 )
 
@@ -288,6 +290,9 @@ func (s *Service) converge(ctx context.Context, log *slog.Logger, key string, fi
 func (s *Service) GetAssignment(ctx context.Context, req *herdv1.GetAssignmentRequest) (*herdv1.GetAssignmentResponse, error) {
 	if req.GetNode() == "" {
 		return nil, toStatus(fmt.Errorf("%w: no node name", errInvalid))
+	}
+	if id := certs.IdentityFrom(ctx); id.Role == pki.RoleNode && id.Name != req.GetNode() {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s may ask only for its own assignment, not %s's", id.Name, req.GetNode())
 	}
 	leader, ctx, self, err := s.leaderControl(ctx)
 	if err != nil {

@@ -201,6 +201,9 @@ func (o *deployOptions) run(ctx context.Context, g *globals, stdio IO) error {
 	} else if !fi.IsDir() {
 		return fmt.Errorf("release directory %s is not a directory", o.dir)
 	}
+	if _, err := g.setup(); err != nil { // before packing, which can take a while
+		return err
+	}
 	art, err := os.CreateTemp("", "herd-artifact-*.tar.gz")
 	if err != nil {
 		return err

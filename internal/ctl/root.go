@@ -21,9 +21,28 @@ type IO struct {
 
 // globals are the flags every command takes.
 type globals struct {
-	addrs  []string
-	output string
+	addrs      []string // --addr, or HERD_ADDR; empty: the config file's
+	output     string
+	config     string // --config, or HERD_CONFIG
+	configFlag string // which of the two named config, for messages
+
+	// front is what withFront dials with, loaded from the config file the
+	// first time a command needs it (see setup).
+	front *frontSetup
 }
+
+// rootLong is herdctl's help text.
+const rootLong = `herdctl operates a herd cluster through any of its fronts.
+
+The fronts' gRPC API takes mutual TLS only: herdctl needs a config file
+that names the fronts and holds the cluster CA certificate and an
+operator's certificate and key. The first front writes one for the
+administrator to its <data-dir>/admin.herdctl. Copy it (keep it mode 0600:
+it holds a private key) and pass it with --config FILE or HERD_CONFIG=FILE.
+
+herdctl tries the config's fronts in turn until one can take the command;
+--addr (repeatable) or HERD_ADDR (comma-separated) replaces that list.
+Commands that do not talk to a front (keygen, help) need no config.`
 
 // Main runs herdctl with args and returns the exit status: 0 on success,
 // 1 when the command failed, 2 for bad usage. Errors are one line on Err.
@@ -34,16 +53,20 @@ func Main(args []string, stdio IO) int {
 		Short:         "herdctl operates a herd cluster through any of its fronts",
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		Long:          rootLong,
+		Example: `  herdctl --config ~/.herd/admin.herdctl status
+  export HERD_CONFIG=~/.herd/admin.herdctl; herdctl nodes
+  HERD_CONFIG=admin.herdctl herdctl --addr 10.0.0.2:7700 status`,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			if g.output != "table" && g.output != "json" {
 				return usageError{fmt.Errorf("-o %q: want table or json", g.output)}
 			}
 			if len(g.addrs) == 0 {
-				if env := os.Getenv("HERD_ADDR"); env != "" {
-					g.addrs = strings.Split(env, ",")
-				} else {
-					g.addrs = []string{"127.0.0.1:7700"}
-				}
+				g.addrs = splitAddrs(os.Getenv("HERD_ADDR"))
+			}
+			g.configFlag = "--config"
+			if g.config == "" {
+				g.config, g.configFlag = os.Getenv("HERD_CONFIG"), "HERD_CONFIG"
 			}
 			return nil
 		},
@@ -51,7 +74,8 @@ func Main(args []string, stdio IO) int {
 	root.SetOut(stdio.Out)
 	root.SetErr(stdio.Err)
 	root.SetArgs(args)
-	root.PersistentFlags().StringArrayVar(&g.addrs, "addr", nil, "front gRPC `HOST:PORT`, repeatable; the next is tried if one is down (env HERD_ADDR, comma-separated; default 127.0.0.1:7700)")
+	root.PersistentFlags().StringVar(&g.config, "config", "", "herdctl config `FILE`: fronts and operator credentials (env HERD_CONFIG; the first front writes <data-dir>/admin.herdctl)")
+	root.PersistentFlags().StringArrayVar(&g.addrs, "addr", nil, "front gRPC `HOST:PORT`, repeatable, instead of the config's; the next is tried if one is down (env HERD_ADDR, comma-separated)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newDeployCmd(g, stdio), newStatusCmd(g, stdio), newNodesCmd(g, stdio), newLogsCmd(g, stdio), newRaftCmd(g, stdio),
@@ -85,6 +109,17 @@ func exactArgs(names ...string) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// splitAddrs reads HERD_ADDR: comma-separated, blanks ignored.
+func splitAddrs(s string) []string {
+	var addrs []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
 }
 
 func oneLine(err error) string {

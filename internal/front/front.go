@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
+	herdcerts "github.com/herd-run/herd/internal/certs"
 	"github.com/herd-run/herd/internal/cluster"
 	"github.com/herd-run/herd/internal/control"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
@@ -233,10 +234,10 @@ func Run(ctx context.Context, cfg Config) error {
 	files := newReleaseFiles(cfg.DataDir, artifacts, log)
 	defer files.close()
 	var refreshMu sync.Mutex
-	var st *state.Store // set before gossip or Raft can call refresh
+	var stp atomic.Pointer[state.Store] // set once the front has its certificate
 	refresh := func() {
-		cl := clp.Load()
-		if cl == nil {
+		cl, st := clp.Load(), stp.Load()
+		if cl == nil || st == nil {
 			return
 		}
 		// One rebuild at a time, so an older table never replaces a newer
@@ -251,30 +252,6 @@ func Run(ctx context.Context, cfg Config) error {
 	// The desired state changes on Raft's goroutine; routes are rebuilt on
 	// another, coalescing bursts of changes.
 	stateChanged := make(chan struct{}, 1)
-	// The first front (started without --join) makes a one-voter cluster;
-	// the others wait for the leader to add them when gossip shows them.
-	st, err = state.Open(state.Config{
-		Dir:       cfg.DataDir,
-		ID:        cfg.Name,
-		Stream:    state.TCPStream(raftLis, raftAddr),
-		Bootstrap: len(cfg.Join) == 0,
-		Logger:    log,
-		OnChange: func() {
-			select {
-			case stateChanged <- struct{}{}:
-			default:
-			}
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("--data-dir: %w", err)
-	}
-	stateOpen := true
-	defer func() {
-		if stateOpen {
-			st.Close()
-		}
-	}()
 	stateCtx, stopState := context.WithCancel(context.Background())
 	defer stopState()
 	go func() {
@@ -303,7 +280,80 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	clp.Store(cl)
+
+	// Gossip first (it is how a joining front finds the others), then the
+	// certificate: the first front makes the cluster CA, the others get
+	// one from a front by proving they hold the cluster key.
+	joinCtx, stopJoin := context.WithCancel(ctx)
+	joined := make(chan struct{})
+	go func() {
+		defer close(joined)
+		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
+	}()
+	defer func() { stopJoin(); <-joined }()
+	var bundle *pki.Bundle
+	var ca *pki.CA
+	if len(cfg.Join) == 0 {
+		bundle, ca, err = herdcerts.Bootstrap(cfg.DataDir, cfg.Name, []string{host})
+	} else {
+		bundle, ca, err = herdcerts.Obtain(ctx, pki.ClusterKey(keys[0]), pki.RoleFront, cfg.Name, []string{host}, cfg.DataDir, func() []string {
+			var out []string
+			for _, m := range cl.Members() {
+				if m.Role == herdv1.Role_ROLE_FRONT && m.Name != cfg.Name && m.State == herdv1.MemberState_MEMBER_STATE_ALIVE && m.GRPCAddr != "" {
+					out = append(out, m.GRPCAddr)
+				}
+			}
+			return out
+		}, log)
+	}
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("certificate: %w", err)
+	}
+	toNodes, err := herdcerts.Dial(bundle, pki.RoleNode)
+	if err != nil {
+		return err
+	}
+	toFronts, err := herdcerts.Dial(bundle, pki.RoleFront)
+	if err != nil {
+		return err
+	}
+	agents.SetCredentials(toNodes, toFronts)
+	raftStream, err := state.TLSStream(raftLis, raftAddr, bundle)
+	if err != nil {
+		return err
+	}
+	// The first front (started without --join) makes a one-voter cluster;
+	// the others wait for the leader to add them when gossip shows them.
+	st, err := state.Open(state.Config{
+		Dir:       cfg.DataDir,
+		ID:        cfg.Name,
+		Stream:    raftStream,
+		Bootstrap: len(cfg.Join) == 0,
+		Logger:    log,
+		OnChange: func() {
+			select {
+			case stateChanged <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	stateOpen := true
+	defer func() {
+		if stateOpen {
+			st.Close()
+		}
+	}()
+	stp.Store(st)
 	refresh()
+	if len(cfg.Join) == 0 {
+		if err := writeAdminConfig(cfg.DataDir, ca, grpcAddr, log); err != nil {
+			return err
+		}
+	}
 
 	svc := &control.Service{
 		Log:           log,
@@ -327,8 +377,13 @@ func Run(ctx context.Context, cfg Config) error {
 			return files.ensure(rel.GetDigest())
 		},
 	}
-	gs := grpc.NewServer()
+	opts, err := controlPolicy(bundle).ServerOptions(bundle)
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer(opts...)
 	herdv1.RegisterControlServer(gs, svc)
+	herdv1.RegisterJoinServer(gs, &herdcerts.Service{Key: pki.ClusterKey(keys[0]), CA: ca, Log: log})
 
 	// Requests Go's parser would take but nginx refuses as smuggling risks
 	// (Content-Length with Transfer-Encoding, duplicate Content-Length,
@@ -405,13 +460,6 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 			}
 		}
-	}()
-
-	joinCtx, stopJoin := context.WithCancel(ctx)
-	joined := make(chan struct{})
-	go func() {
-		defer close(joined)
-		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
 	}()
 
 	var runErr error

@@ -6,20 +6,23 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 )
 
 // Fetch gets an artifact from the first front (gRPC address) that has it
-// and keeps it in the store only if its sha256 matches.
-func Fetch(ctx context.Context, store *Store, sources []string, digest string) error {
+// and keeps it in the store only if its sha256 matches. dial carries the
+// caller's credentials.
+func Fetch(ctx context.Context, store *Store, sources []string, digest string, dial grpc.DialOption) error {
 	if len(sources) == 0 {
 		return errors.New("no front to fetch the artifact from")
 	}
+	if dial == nil {
+		return errors.New("no credentials to fetch the artifact with yet")
+	}
 	var errs []error
 	for _, addr := range sources {
-		err := fetchFrom(ctx, store, addr, digest)
+		err := fetchFrom(ctx, store, addr, digest, dial)
 		if err == nil {
 			return nil
 		}
@@ -28,8 +31,8 @@ func Fetch(ctx context.Context, store *Store, sources []string, digest string) e
 	return fmt.Errorf("fetch artifact %.12s: %w", digest, errors.Join(errs...))
 }
 
-func fetchFrom(ctx context.Context, store *Store, addr, digest string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func fetchFrom(ctx context.Context, store *Store, addr, digest string, dial grpc.DialOption) error {
+	conn, err := grpc.NewClient(addr, dial)
 	if err != nil {
 		return err
 	}
