@@ -346,6 +346,9 @@ func (m *manager) workerEnv(rel *herdv1.Release, index, port int) []string {
 	for k, v := range rel.GetSpec().GetEnv() {
 		env = append(env, k+"="+v)
 	}
+	for k, v := range rel.GetSpec().GetSecretEnv() {
+		env = append(env, k+"="+v)
+	}
 	return env
 }
 

@@ -128,7 +128,9 @@ func Run(ctx context.Context, cfg Config) error {
 	// Agent API, which only fronts may call.
 	joinCtx, stopJoin := context.WithCancel(ctx)
 	var bg sync.WaitGroup
+	joined := make(chan struct{})
 	bg.Go(func() {
+		defer close(joined)
 		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
 	})
 	bundle, _, err := certs.Obtain(ctx, pki.ClusterKey(keys[0]), pki.RoleNode, cfg.Name, []string{host}, cfg.DataDir, func() []string {
@@ -167,7 +169,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	bg.Go(func() {
 		// Joined (or stopping): converge on the assignment.
-		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
+		<-joined
 		m.pullAssignment(joinCtx)
 	})
 

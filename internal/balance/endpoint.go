@@ -126,11 +126,18 @@ func (e *Endpoint) hasRoom() bool {
 // score is the expected wait for a new request: latency times the
 // requests ahead of it. Lower is better.
 func (e *Endpoint) score(now int64) float64 {
-	lat := e.latency(now)
+	n := e.inflight.Load()
 	if e.ewma.Load() == 0 {
-		lat = float64(defaultLatency)
+		// Never measured: idle, it wins, or a new worker would starve
+		// behind faster ones under light load (the 1 ms guess loses to
+		// every endpoint that answers quicker); busy, the guess holds, so
+		// a new worker is not piled on before its first answer.
+		if n == 0 {
+			return 0
+		}
+		return float64(defaultLatency) * float64(n+1)
 	}
-	return lat * float64(e.inflight.Load()+1)
+	return e.latency(now) * float64(n+1)
 }
 
 // observe folds a latency sample in: a sample above the average replaces

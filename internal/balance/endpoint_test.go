@@ -106,7 +106,7 @@ func TestScore(t *testing.T) {
 		inflight int
 		want     float64
 	}{
-		{"unmeasured idle", 0, 0, 0, float64(defaultLatency)},
+		{"unmeasured idle", 0, 0, 0, 0},
 		{"unmeasured busy", 0, 0, 3, 4 * float64(defaultLatency)},
 		{"measured idle", 20 * time.Millisecond, 0, 0, float64(20 * time.Millisecond)},
 		{"measured busy", 20 * time.Millisecond, 0, 2, float64(60 * time.Millisecond)},

@@ -27,6 +27,9 @@ type Policy struct {
 	Roles map[string][]string
 	// Public methods need no certificate (Join.Certify, health checks).
 	Public map[string]bool
+	// Revoked, if set, says whether a certificate (by its serial, lower-
+	// case hex) was revoked.
+	Revoked func(serial string) bool
 }
 
 type identityKey struct{}
@@ -60,6 +63,9 @@ func (p *Policy) check(ctx context.Context, method string) (context.Context, err
 	}
 	if err != nil {
 		return nil, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
+	}
+	if p.Revoked != nil && p.Revoked(info.State.PeerCertificates[0].SerialNumber.Text(16)) {
+		return nil, status.Errorf(codes.Unauthenticated, "the certificate of %s %q was revoked: ask an operator for a new config", role, name)
 	}
 	if !slices.Contains(allowed, role) {
 		return nil, status.Errorf(codes.PermissionDenied, "%s %q may not call %s", role, name, path.Base(method))

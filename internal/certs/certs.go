@@ -15,9 +15,12 @@ package certs
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,10 +51,10 @@ const validity = 365 * 24 * time.Hour
 // them from dataDir when they are there.
 func Bootstrap(dataDir, name string, hosts []string) (*pki.Bundle, *pki.CA, error) {
 	dir := filepath.Join(dataDir, Dir)
-	if b, ca, err := loadFront(dir); err == nil {
-		return b, ca, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, nil, err
+	if _, err := os.Stat(filepath.Join(dir, pki.CAFile)); err == nil {
+		// A CA is there: load it whole or fail; never make a second one
+		// (it would split the cluster).
+		return loadFront(dir)
 	}
 	ca, err := pki.NewCA()
 	if err != nil {
@@ -88,6 +91,8 @@ func saveFront(dir string, b *pki.Bundle, caKey []byte) error {
 		return err
 	}
 	tmp := filepath.Join(dir, caKeyFile+".tmp")
+	// WriteFile keeps the mode of a file left over: start afresh.
+	os.Remove(tmp)
 	if err := os.WriteFile(tmp, caKey, 0o600); err != nil {
 		return err
 	}
@@ -118,7 +123,7 @@ func Obtain(ctx context.Context, key pki.ClusterKey, role, name string, hosts []
 			if role == pki.RoleFront {
 				ca, err := pki.ParseCA(b.CAPEM, caKey)
 				if err != nil {
-					return nil, nil, err
+					return nil, nil, fmt.Errorf("the CA key from %s: %w", addr, err)
 				}
 				return b, ca, saveFront(dir, b, caKey)
 			}
@@ -175,12 +180,59 @@ func certify(ctx context.Context, key pki.ClusterKey, role, name string, hosts [
 	if _, err := b.TLSCertificate(); err != nil {
 		return nil, nil, err
 	}
-	return b, []byte(resp.GetCaKeyPem()), nil
+	var caKey []byte
+	if resp.GetCaKeyPem() != "" {
+		if caKey, err = unwrap(key, nonce, resp.GetCaKeyPem()); err != nil {
+			return nil, nil, err
+		}
+	}
+	return b, caKey, nil
 }
 
 func requestParts(r *herdv1.CertifyRequest) [][]byte {
-	return [][]byte{[]byte("herd certify request"), []byte(r.GetName()), []byte(r.GetRole()), r.GetPublicKey(),
-		[]byte(strings.Join(r.GetHosts(), ",")), r.GetNonce()}
+	parts := [][]byte{[]byte("herd certify request"), []byte(r.GetName()), []byte(r.GetRole()), r.GetPublicKey(), r.GetNonce()}
+	for _, h := range r.GetHosts() {
+		parts = append(parts, []byte(h))
+	}
+	return parts
+}
+
+// wrap encrypts the CA key for the member that asked (AES-256-GCM under a
+// key derived from the cluster key and the request's nonce): the proofs
+// stop a forged answer, this stops a reader in the middle, as the caller
+// cannot check the front's certificate before it knows the CA.
+func wrap(key pki.ClusterKey, nonce, plain []byte) (string, error) {
+	aead, err := wrapAEAD(key, nonce)
+	if err != nil {
+		return "", err
+	}
+	iv := make([]byte, aead.NonceSize())
+	rand.Read(iv)
+	return base64.StdEncoding.EncodeToString(aead.Seal(iv, iv, plain, nil)), nil
+}
+
+func unwrap(key pki.ClusterKey, nonce []byte, wrapped string) ([]byte, error) {
+	aead, err := wrapAEAD(key, nonce)
+	if err != nil {
+		return nil, err
+	}
+	b, err := base64.StdEncoding.DecodeString(wrapped)
+	if err != nil || len(b) < aead.NonceSize() {
+		return nil, errors.New("the CA key in the answer is garbled")
+	}
+	plain, err := aead.Open(nil, b[:aead.NonceSize()], b[aead.NonceSize():], nil)
+	if err != nil {
+		return nil, errors.New("the CA key in the answer is not sealed with the cluster key")
+	}
+	return plain, nil
+}
+
+func wrapAEAD(key pki.ClusterKey, nonce []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key.Sign([]byte("herd ca key wrap"), nonce))
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
 }
 
 func responseParts(r *herdv1.CertifyResponse, nonce []byte) [][]byte {
@@ -190,14 +242,24 @@ func responseParts(r *herdv1.CertifyResponse, nonce []byte) [][]byte {
 // Service is Join on a front.
 type Service struct {
 	herdv1.UnimplementedJoinServer
-	Key pki.ClusterKey
-	CA  *pki.CA
-	Log *slog.Logger
+	// Keys are the cluster keys the front accepts (during a rotation,
+	// more than one); the answer is sealed with the one the request used.
+	Keys []pki.ClusterKey
+	CA   *pki.CA
+	Log  *slog.Logger
 }
 
 // Certify signs the caller's key if its proof holds.
 func (s *Service) Certify(_ context.Context, req *herdv1.CertifyRequest) (*herdv1.CertifyResponse, error) {
-	if !s.Key.Verify(req.GetProof(), requestParts(req)...) {
+	var key pki.ClusterKey
+	matched := false
+	for _, k := range s.Keys {
+		if k.Verify(req.GetProof(), requestParts(req)...) {
+			key, matched = k, true
+			break
+		}
+	}
+	if !matched {
 		return nil, status.Error(codes.PermissionDenied, "the request is not signed with this cluster's key (--cluster-key-file)")
 	}
 	if req.GetRole() != pki.RoleFront && req.GetRole() != pki.RoleNode {
@@ -216,9 +278,11 @@ func (s *Service) Certify(_ context.Context, req *herdv1.CertifyRequest) (*herdv
 	}
 	resp := &herdv1.CertifyResponse{CaPem: string(s.CA.CertPEM), CertPem: string(certPEM)}
 	if req.GetRole() == pki.RoleFront {
-		resp.CaKeyPem = string(s.CA.KeyPEM)
+		if resp.CaKeyPem, err = wrap(key, req.GetNonce(), s.CA.KeyPEM); err != nil {
+			return nil, status.Errorf(codes.Internal, "seal the CA key: %v", err)
+		}
 	}
-	resp.Proof = s.Key.Sign(responseParts(resp, req.GetNonce())...)
+	resp.Proof = key.Sign(responseParts(resp, req.GetNonce())...)
 	s.Log.Info("certified a member", "role", req.GetRole(), "name", req.GetName())
 	return resp, nil
 }

@@ -149,3 +149,70 @@ func TestRolesEnforced(t *testing.T) {
 		t.Error("a plaintext call succeeded")
 	}
 }
+
+// TestSecretEnv: a secret env value reaches the workers but no answer to
+// an operator shows it.
+func TestSecretEnv(t *testing.T) {
+	c := Start(t, 1)
+	// The worker starts only if it sees the secret (12 characters; the
+	// command must not name it, since commands are not secret).
+	r := c.Ctl("-o", "json", "deploy", "hello", c.HelloDir(nil), "--cmd", `test "${#TOKEN}" = 12 && exec ./hello`,
+		"--host", helloHost, "--health", "/healthz", "--secret-env", "TOKEN=s3cret-value", "--env", "PUBLIC=1")
+	if r.Code != 0 {
+		t.Fatalf("deploy with a secret: %s", r.Stderr)
+	}
+	for _, args := range [][]string{nil, {"-o", "json", "status"}, {"-o", "json", "history", "hello"}, {"status"}} {
+		out := r.Stdout + r.Stderr
+		if args != nil {
+			res := c.Ctl(args...)
+			out = res.Stdout + res.Stderr
+		}
+		if strings.Contains(out, "s3cret-value") {
+			t.Errorf("herdctl %v shows the secret:\n%s", args, out)
+		}
+		if args != nil && args[0] == "-o" && !strings.Contains(out, "<redacted>") {
+			t.Errorf("herdctl %v does not show the secret's key as redacted:\n%s", args, out)
+		}
+	}
+	if h, err := c.GetHello(helloHost); err != nil || h.App != "hello" {
+		t.Fatalf("hello with a secret does not answer: %v", err)
+	}
+	if r := c.Ctl("deploy", "x", ".", "--cmd", "x", "--secret-env", "NOEQUALS"); r.Code != 2 || !strings.Contains(r.Stderr, "--secret-env") {
+		t.Errorf("a bad --secret-env: exit %d %q", r.Code, r.Stderr)
+	}
+}
+
+// TestOperators: an operator issues a read-only credential; it can look
+// but not change anything; once revoked, every front refuses it.
+func TestOperators(t *testing.T) {
+	c := Start(t, 1)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "alice.herdctl")
+	if r := c.Ctl("operator", "add", "alice", "--read-only", "--out", cfg); r.Code != 0 {
+		t.Fatalf("operator add: %s", r.Stderr)
+	}
+	if fi, err := os.Stat(cfg); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("alice's config: %v %v", err, fi)
+	}
+	alice := func(args ...string) Result {
+		return RunCtl(t, c.Bin.Ctl, append([]string{"--config", cfg}, args...)...)
+	}
+	if r := alice("status"); r.Code != 0 {
+		t.Errorf("a read-only operator's status: %s", r.Stderr)
+	}
+	if r := alice("drain", "node-1"); r.Code == 0 || !strings.Contains(r.Stderr, "may not call Drain") {
+		t.Errorf("a read-only operator draining: exit %d %q", r.Code, r.Stderr)
+	}
+	if r := c.Ctl("operator", "list"); r.Code != 0 || !strings.Contains(r.Stdout, "alice") || !strings.Contains(r.Stdout, "operator-readonly") {
+		t.Errorf("operator list: %s%s", r.Stdout, r.Stderr)
+	}
+	if r := c.Ctl("operator", "revoke", "alice"); r.Code != 0 {
+		t.Fatalf("revoke: %s", r.Stderr)
+	}
+	if r := alice("status"); r.Code == 0 || !strings.Contains(r.Stderr, "revoked") {
+		t.Errorf("a revoked operator's status: exit %d %q", r.Code, r.Stderr)
+	}
+	if r := c.Ctl("operator", "revoke", "nobody"); r.Code == 0 || !strings.Contains(r.Stderr, "no operator") {
+		t.Errorf("revoke of an unknown operator: exit %d %q", r.Code, r.Stderr)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/herd-run/herd/internal/certs"
 	"github.com/herd-run/herd/internal/cluster"
@@ -32,7 +33,9 @@ type Service struct {
 
 	Log *slog.Logger
 	// Name is this front's member name (its Raft server id).
-	Name      string
+	Name string
+	// CA signs operator credentials.
+	CA        *pki.CA
 	State     *state.Store
 	Artifacts *release.Store
 	Cluster   *cluster.Cluster
@@ -176,7 +179,7 @@ func (s *Service) Status(ctx context.Context, req *herdv1.StatusRequest) (*herdv
 	}
 	resp := &herdv1.StatusResponse{State: s.State.Info()}
 	for _, rel := range s.State.List() {
-		as := &herdv1.AppStatus{Release: rel}
+		as := &herdv1.AppStatus{Release: Redact(rel)}
 		for _, n := range nodes {
 			ns := &herdv1.AppNodeStatus{Node: n.Name}
 			for _, a := range n.State.GetApps() {
@@ -310,4 +313,20 @@ func (s *Service) isRunning(app string) bool {
 	s.runMu.Lock()
 	defer s.runMu.Unlock()
 	return s.running[app] > 0
+}
+
+// Redacted stands for a secret env value in answers to operators.
+const Redacted = "<redacted>"
+
+// Redact returns rel with its secret env values replaced (rel itself is
+// not changed).
+func Redact(rel *herdv1.Release) *herdv1.Release {
+	if len(rel.GetSpec().GetSecretEnv()) == 0 {
+		return rel
+	}
+	out := proto.CloneOf(rel)
+	for k := range out.Spec.SecretEnv {
+		out.Spec.SecretEnv[k] = Redacted
+	}
+	return out
 }

@@ -195,11 +195,11 @@ func (s *Service) awaitVerdict(ctx context.Context, app, release string, stream 
 		if !h.GetOk() {
 			return status.Errorf(codes.Aborted, "deploy of %s %s %s", app, release, h.GetError())
 		}
-		return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: &herdv1.DeployResult{Release: h.GetRelease(), Changed: true}}})
+		return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: &herdv1.DeployResult{Release: Redact(h.GetRelease()), Changed: true}}})
 	}
 	if cur, err := s.State.Get(app); err == nil && cur.GetId() == release {
 		// Only a scale or an unchanged deploy leaves no history entry.
-		return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: &herdv1.DeployResult{Release: cur}}})
+		return stream.Send(&herdv1.DeployResponse{Event: &herdv1.DeployResponse_Result{Result: &herdv1.DeployResult{Release: Redact(cur)}}})
 	}
 	return status.Errorf(codes.Aborted, "deploy of %s %s: the rollout ended without a verdict (herdctl history %s)", app, release, app)
 }
@@ -208,7 +208,7 @@ func (s *Service) awaitVerdict(ctx context.Context, app, release string, stream 
 func (s *Service) awaitRelease(rel *herdv1.Release, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if cur, err := s.State.Get(rel.GetApp()); err == nil && cur.GetId() == rel.GetId() && proto.Equal(cur.GetSpec(), rel.GetSpec()) {
+		if cur, err := s.State.Get(rel.GetApp()); err == nil && cur.GetId() == rel.GetId() && proto.Equal(Redact(cur).GetSpec(), rel.GetSpec()) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)

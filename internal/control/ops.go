@@ -239,7 +239,7 @@ func (s *Service) History(_ context.Context, req *herdv1.HistoryRequest) (*herdv
 				note = e.GetNote() + ": " + note
 			}
 		}
-		resp.Items = append(resp.Items, &herdv1.HistoryItem{Release: e.GetRelease(), Finished: e.GetFinished(), Ok: e.GetOk(), Note: note})
+		resp.Items = append(resp.Items, &herdv1.HistoryItem{Release: Redact(e.GetRelease()), Finished: e.GetFinished(), Ok: e.GetOk(), Note: note})
 	}
 	return resp, nil
 }

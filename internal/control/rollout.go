@@ -230,7 +230,7 @@ func (s *Service) run(ctx context.Context, ro *herdv1.Rollout, sources []string,
 	}
 	batches := (len(nodes) + size - 1) / size
 	log.Info("rolling out", "nodes", len(nodes), "batches", batches, "digest", rel.GetDigest(), "already_moved", len(moved))
-	res := &herdv1.DeployResult{Release: rel, Changed: ro.GetChanged()}
+	res := &herdv1.DeployResult{Release: Redact(rel), Changed: ro.GetChanged()}
 	for _, n := range moved {
 		res.Nodes = append(res.Nodes, &herdv1.NodeResult{Node: n.Name, Ok: true})
 	}

@@ -26,6 +26,7 @@ type deployOptions struct {
 	path         string
 	health       string
 	env          []string
+	secretEnv    []string
 	timeout      time.Duration
 	balance      string
 	maxQueue     uint32
@@ -87,6 +88,7 @@ release before any node moves. The exit status is the verdict.`,
 	f.StringVar(&o.path, "path", "", "path prefix routed to the app (default: all paths)")
 	f.StringVar(&o.health, "health", "/", "path that answers 2xx when a worker is ready")
 	f.StringArrayVar(&o.env, "env", nil, "`K=V` in every worker's environment (repeatable)")
+	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "`K=V` in every worker's environment, kept secret: shown as <redacted> in status and history (repeatable)")
 	f.DurationVar(&o.timeout, "timeout", time.Minute, "how long each node may take to run the release healthy")
 	f.StringVar(&o.balance, "balance", "p2c", "how fronts pick a worker: p2c, rr, sticky-cookie=NAME or sticky-header=NAME")
 	f.Uint32Var(&o.maxQueue, "queue", 1024, "requests a front keeps waiting when every worker is busy (then 503)")
@@ -123,6 +125,17 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 			return nil, usageError{fmt.Errorf("--env %q: want K=V", kv)}
 		}
 		env[k] = v
+	}
+	secret := map[string]string{}
+	for _, kv := range o.secretEnv {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usageError{fmt.Errorf("--secret-env %q: want K=V", kv)}
+		}
+		if _, dup := env[k]; dup {
+			return nil, usageError{fmt.Errorf("--secret-env %s: also given with --env", k)}
+		}
+		secret[k] = v
 	}
 	maxMemory, err := parseSize(o.maxMemory)
 	if err != nil {
@@ -188,6 +201,7 @@ func (o *deployOptions) spec() (*herdv1.AppSpec, error) {
 		RateBurst:      o.rateBurst,
 		Selector:       selector,
 		ReleaseCommand: o.releaseCmd,
+		SecretEnv:      secret,
 	}, nil
 }
 

@@ -80,7 +80,7 @@ func Main(args []string, stdio IO) int {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newDeployCmd(g, stdio), newStatusCmd(g, stdio), newNodesCmd(g, stdio), newLogsCmd(g, stdio), newRaftCmd(g, stdio),
 		newRollbackCmd(g, stdio), newScaleCmd(g, stdio), newRestartCmd(g, stdio), newDestroyCmd(g, stdio),
-		newHistoryCmd(g, stdio), newDrainCmd(g, stdio), newUndrainCmd(g, stdio), newKeygenCmd(stdio))
+		newHistoryCmd(g, stdio), newDrainCmd(g, stdio), newUndrainCmd(g, stdio), newKeygenCmd(stdio), newOperatorCmd(g, stdio))
 	root.CompletionOptions.DisableDefaultCmd = true
 
 	err := root.ExecuteContext(context.Background())

@@ -245,7 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 		refreshMu.Lock()
 		defer refreshMu.Unlock()
 		nodes := cl.Nodes()
-		px.SetRoutes(routes(st.List(), nodes, files, st.Drained()))
+		px.SetRoutes(routes(st.List(), nodes, files, st.Drained(), st.Routable()))
 		acks.applied(nodes)
 	}
 	files.onReady = refresh
@@ -358,6 +358,7 @@ func Run(ctx context.Context, cfg Config) error {
 	svc := &control.Service{
 		Log:           log,
 		Name:          cfg.Name,
+		CA:            ca,
 		MaxVoters:     cfg.RaftVoters,
 		RemoveAfter:   cfg.RaftRemoveAfter,
 		State:         st,
@@ -377,13 +378,19 @@ func Run(ctx context.Context, cfg Config) error {
 			return files.ensure(rel.GetDigest())
 		},
 	}
-	opts, err := controlPolicy(bundle).ServerOptions(bundle)
+	policy := controlPolicy(bundle)
+	policy.Revoked = st.Revoked
+	opts, err := policy.ServerOptions(bundle)
 	if err != nil {
 		return err
 	}
 	gs := grpc.NewServer(opts...)
 	herdv1.RegisterControlServer(gs, svc)
-	herdv1.RegisterJoinServer(gs, &herdcerts.Service{Key: pki.ClusterKey(keys[0]), CA: ca, Log: log})
+	var ring []pki.ClusterKey
+	for _, k := range keys {
+		ring = append(ring, pki.ClusterKey(k))
+	}
+	herdv1.RegisterJoinServer(gs, &herdcerts.Service{Keys: ring, CA: ca, Log: log})
 
 	// Requests Go's parser would take but nginx refuses as smuggling risks
 	// (Content-Length with Transfer-Encoding, duplicate Content-Length,
@@ -569,10 +576,11 @@ func adminMux(reg *prometheus.Registry) *http.ServeMux {
 }
 
 // routes builds the routing table from the desired state (which app owns
-// which hosts, which nodes are drained) and gossip (which endpoints are
-// ready). A node's endpoints count only on the node's own address, so a
-// node cannot claim traffic for another host; a drained node gets none.
-func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFiles, drained map[string]bool) []proxy.Route {
+// which hosts, which nodes are drained, which apps each node is assigned)
+// and gossip (which endpoints are ready). A node's endpoints count only on
+// the node's own address and only for apps assigned to it, so a node
+// cannot claim traffic for another host or app; a drained node gets none.
+func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFiles, drained map[string]bool, routable func(node, app string) bool) []proxy.Route {
 	eps := map[string][]proxy.Endpoint{}
 	running := map[string][]string{} // app -> digests live nodes run
 	for _, n := range nodes {
@@ -583,7 +591,7 @@ func routes(apps []*herdv1.Release, nodes []cluster.NodeView, files *releaseFile
 			if d := a.GetDigest(); d != "" && !slices.Contains(running[a.GetApp()], d) {
 				running[a.GetApp()] = append(running[a.GetApp()], d)
 			}
-			if drained[n.Name] || n.State.GetDrained() {
+			if drained[n.Name] || n.State.GetDrained() || !routable(n.Name, a.GetApp()) {
 				continue
 			}
 			for _, e := range a.GetEndpoints() {

@@ -30,7 +30,8 @@ func controlPolicy(b *pki.Bundle) *certs.Policy {
 		svc + "ReportState":   {pki.RoleNode},
 		svc + "PullArtifact":  {pki.RoleFront},
 	}
-	for _, m := range []string{"StatArtifact", "UploadArtifact", "Deploy", "Rollback", "Scale", "Restart", "Destroy", "Drain", "Undrain", "RemovePeer"} {
+	for _, m := range []string{"StatArtifact", "UploadArtifact", "Deploy", "Rollback", "Scale", "Restart", "Destroy", "Drain", "Undrain", "RemovePeer",
+		"AddOperator", "RevokeOperator", "ListOperators"} {
 		roles[svc+m] = write
 	}
 	for _, m := range []string{"Status", "ListNodes", "Logs", "History", "ListPeers"} {

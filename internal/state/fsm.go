@@ -25,6 +25,7 @@ type fsm struct {
 	apps        map[string]*herdv1.AppRecord
 	nodes       map[string]*herdv1.NodeRecord
 	lastRollout uint64
+	operators   []*herdv1.OperatorRecord
 
 	onChange func()
 }
@@ -64,6 +65,21 @@ func (f *fsm) Apply(l *raft.Log) any {
 		n.Drained, n.KeepWorkers = op.SetDrain.GetDrained(), op.SetDrain.GetKeepWorkers() && op.SetDrain.GetDrained()
 	case *herdv1.StateCommand_DestroyApp:
 		res = f.destroy(&cmd, op.DestroyApp)
+	case *herdv1.StateCommand_AddOperator:
+		o := proto.CloneOf(op.AddOperator)
+		o.Issued = cmd.GetTime()
+		f.operators = append(f.operators, o)
+	case *herdv1.StateCommand_RevokeOperator:
+		n := 0
+		for _, o := range f.operators {
+			if o.GetName() == op.RevokeOperator.GetName() && !o.GetRevoked() {
+				o.Revoked = true
+				n++
+			}
+		}
+		if n == 0 {
+			res = fmt.Errorf("%w: no operator %q to revoke", ErrNotFound, op.RevokeOperator.GetName())
+		}
 	case *herdv1.StateCommand_RolloutStep:
 		r := f.apps[op.RolloutStep.GetApp()].GetRollout()
 		if r == nil || r.GetId() != op.RolloutStep.GetRollout() {
@@ -271,6 +287,9 @@ func (f *fsm) assigned(app, id string) bool {
 
 func (f *fsm) snapshotMsg() *herdv1.StateSnapshot {
 	s := &herdv1.StateSnapshot{LastRollout: f.lastRollout}
+	for _, o := range f.operators {
+		s.Operators = append(s.Operators, proto.CloneOf(o))
+	}
 	for _, a := range f.apps {
 		s.Apps = append(s.Apps, proto.CloneOf(a))
 	}
@@ -315,6 +334,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		f.nodes[n.GetName()] = n
 	}
 	f.lastRollout = s.GetLastRollout()
+	f.operators = s.GetOperators()
 	f.mu.Unlock()
 	if f.onChange != nil {
 		f.onChange()

@@ -375,6 +375,65 @@ func (s *Store) Node(name string) *herdv1.NodeRecord {
 	return nil
 }
 
+// Routable says, per node, which apps a front may route to it: those
+// assigned to it, and every app with a rollout in progress (its nodes are
+// assigned at the end).
+func (s *Store) Routable() func(node, app string) bool {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	assigned := map[string]map[string]bool{}
+	for name, n := range s.fsm.nodes {
+		for app := range n.GetAssignments() {
+			if assigned[name] == nil {
+				assigned[name] = map[string]bool{}
+			}
+			assigned[name][app] = true
+		}
+	}
+	rolling := map[string]bool{}
+	for name, a := range s.fsm.apps {
+		if a.GetRollout() != nil {
+			rolling[name] = true
+		}
+	}
+	return func(node, app string) bool { return rolling[app] || assigned[node][app] }
+}
+
+// AddOperator records an operator credential.
+func (s *Store) AddOperator(o *herdv1.OperatorRecord) error {
+	_, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_AddOperator{AddOperator: o}})
+	return err
+}
+
+// RevokeOperator revokes every credential of an operator name.
+func (s *Store) RevokeOperator(name string) error {
+	_, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_RevokeOperator{RevokeOperator: &herdv1.RevokeOperator{Name: name}}})
+	return err
+}
+
+// Operators lists the operator credentials issued, oldest first.
+func (s *Store) Operators() []*herdv1.OperatorRecord {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	out := make([]*herdv1.OperatorRecord, len(s.fsm.operators))
+	for i, o := range s.fsm.operators {
+		out[i] = proto.CloneOf(o)
+	}
+	return out
+}
+
+// Revoked says whether a certificate serial (lower-case hex) was revoked.
+func (s *Store) Revoked(serial string) bool {
+	s.fsm.mu.RLock()
+	defer s.fsm.mu.RUnlock()
+	for _, o := range s.fsm.operators {
+		if o.GetSerial() == serial && o.GetRevoked() {
+			return true
+		}
+	}
+	return false
+}
+
 // Drained returns the drained nodes.
 func (s *Store) Drained() map[string]bool {
 	s.fsm.mu.RLock()

@@ -2770,6 +2770,342 @@ func (*ReportStateResponse) Descriptor() ([]byte, []int) {
 	return file_herd_v1_control_proto_rawDescGZIP(), []int{47}
 }
 
+type AddOperatorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// May call status, nodes, logs, history and raft peers only.
+	ReadOnly      bool `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddOperatorRequest) Reset() {
+	*x = AddOperatorRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddOperatorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddOperatorRequest) ProtoMessage() {}
+
+func (x *AddOperatorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddOperatorRequest.ProtoReflect.Descriptor instead.
+func (*AddOperatorRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *AddOperatorRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddOperatorRequest) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+type AddOperatorResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The herdctl config (JSON: addresses, CA, certificate, key). It holds
+	// a private key: store it mode 0600.
+	Config        string `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddOperatorResponse) Reset() {
+	*x = AddOperatorResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddOperatorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddOperatorResponse) ProtoMessage() {}
+
+func (x *AddOperatorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddOperatorResponse.ProtoReflect.Descriptor instead.
+func (*AddOperatorResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *AddOperatorResponse) GetConfig() string {
+	if x != nil {
+		return x.Config
+	}
+	return ""
+}
+
+type RevokeOperatorRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOperatorRequest) Reset() {
+	*x = RevokeOperatorRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOperatorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOperatorRequest) ProtoMessage() {}
+
+func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOperatorRequest.ProtoReflect.Descriptor instead.
+func (*RevokeOperatorRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *RevokeOperatorRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeOperatorResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOperatorResponse) Reset() {
+	*x = RevokeOperatorResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOperatorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOperatorResponse) ProtoMessage() {}
+
+func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOperatorResponse.ProtoReflect.Descriptor instead.
+func (*RevokeOperatorResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{51}
+}
+
+type ListOperatorsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOperatorsRequest) Reset() {
+	*x = ListOperatorsRequest{}
+	mi := &file_herd_v1_control_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperatorsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperatorsRequest) ProtoMessage() {}
+
+func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
+func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{52}
+}
+
+type ListOperatorsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operators     []*Operator            `protobuf:"bytes,1,rep,name=operators,proto3" json:"operators,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOperatorsResponse) Reset() {
+	*x = ListOperatorsResponse{}
+	mi := &file_herd_v1_control_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperatorsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperatorsResponse) ProtoMessage() {}
+
+func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
+func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ListOperatorsResponse) GetOperators() []*Operator {
+	if x != nil {
+		return x.Operators
+	}
+	return nil
+}
+
+// Operator is an operator credential.
+type Operator struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	Serial        string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	Issued        *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=issued,proto3" json:"issued,omitempty"`
+	Revoked       bool                   `protobuf:"varint,5,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Operator) Reset() {
+	*x = Operator{}
+	mi := &file_herd_v1_control_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Operator) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Operator) ProtoMessage() {}
+
+func (x *Operator) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_control_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Operator.ProtoReflect.Descriptor instead.
+func (*Operator) Descriptor() ([]byte, []int) {
+	return file_herd_v1_control_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *Operator) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Operator) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Operator) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Operator) GetIssued() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Issued
+	}
+	return nil
+}
+
+func (x *Operator) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
 var File_herd_v1_control_proto protoreflect.FileDescriptor
 
 const file_herd_v1_control_proto_rawDesc = "" +
@@ -2932,8 +3268,24 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\x12RemovePeerResponse\">\n" +
 	"\x12ReportStateRequest\x12(\n" +
 	"\x05state\x18\x01 \x01(\v2\x12.herd.v1.NodeStateR\x05state\"\x15\n" +
-	"\x13ReportStateResponse2\x91\n" +
-	"\n" +
+	"\x13ReportStateResponse\"E\n" +
+	"\x12AddOperatorRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tread_only\x18\x02 \x01(\bR\breadOnly\"-\n" +
+	"\x13AddOperatorResponse\x12\x16\n" +
+	"\x06config\x18\x01 \x01(\tR\x06config\"+\n" +
+	"\x15RevokeOperatorRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
+	"\x16RevokeOperatorResponse\"\x16\n" +
+	"\x14ListOperatorsRequest\"H\n" +
+	"\x15ListOperatorsResponse\x12/\n" +
+	"\toperators\x18\x01 \x03(\v2\x11.herd.v1.OperatorR\toperators\"\x98\x01\n" +
+	"\bOperator\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x122\n" +
+	"\x06issued\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x06issued\x12\x18\n" +
+	"\arevoked\x18\x05 \x01(\bR\arevoked2\xfe\v\n" +
 	"\aControl\x12K\n" +
 	"\fStatArtifact\x12\x1c.herd.v1.StatArtifactRequest\x1a\x1d.herd.v1.StatArtifactResponse\x12S\n" +
 	"\x0eUploadArtifact\x12\x1e.herd.v1.UploadArtifactRequest\x1a\x1f.herd.v1.UploadArtifactResponse(\x01\x12P\n" +
@@ -2954,7 +3306,10 @@ const file_herd_v1_control_proto_rawDesc = "" +
 	"\aDestroy\x12\x17.herd.v1.DestroyRequest\x1a\x18.herd.v1.DestroyResponse\x12<\n" +
 	"\aHistory\x12\x17.herd.v1.HistoryRequest\x1a\x18.herd.v1.HistoryResponse\x126\n" +
 	"\x05Drain\x12\x15.herd.v1.DrainRequest\x1a\x16.herd.v1.DrainResponse\x12<\n" +
-	"\aUndrain\x12\x17.herd.v1.UndrainRequest\x1a\x18.herd.v1.UndrainResponseB\x8e\x01\n" +
+	"\aUndrain\x12\x17.herd.v1.UndrainRequest\x1a\x18.herd.v1.UndrainResponse\x12H\n" +
+	"\vAddOperator\x12\x1b.herd.v1.AddOperatorRequest\x1a\x1c.herd.v1.AddOperatorResponse\x12Q\n" +
+	"\x0eRevokeOperator\x12\x1e.herd.v1.RevokeOperatorRequest\x1a\x1f.herd.v1.RevokeOperatorResponse\x12N\n" +
+	"\rListOperators\x12\x1d.herd.v1.ListOperatorsRequest\x1a\x1e.herd.v1.ListOperatorsResponseB\x8e\x01\n" +
 	"\vcom.herd.v1B\fControlProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
 var (
@@ -2969,7 +3324,7 @@ func file_herd_v1_control_proto_rawDescGZIP() []byte {
 	return file_herd_v1_control_proto_rawDescData
 }
 
-var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_herd_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_herd_v1_control_proto_goTypes = []any{
 	(*StatArtifactRequest)(nil),    // 0: herd.v1.StatArtifactRequest
 	(*StatArtifactResponse)(nil),   // 1: herd.v1.StatArtifactResponse
@@ -3019,25 +3374,32 @@ var file_herd_v1_control_proto_goTypes = []any{
 	(*RemovePeerResponse)(nil),     // 45: herd.v1.RemovePeerResponse
 	(*ReportStateRequest)(nil),     // 46: herd.v1.ReportStateRequest
 	(*ReportStateResponse)(nil),    // 47: herd.v1.ReportStateResponse
-	(*AppSpec)(nil),                // 48: herd.v1.AppSpec
-	(*durationpb.Duration)(nil),    // 49: google.protobuf.Duration
-	(*Release)(nil),                // 50: herd.v1.Release
-	(*timestamppb.Timestamp)(nil),  // 51: google.protobuf.Timestamp
-	(*WorkerStatus)(nil),           // 52: herd.v1.WorkerStatus
-	(Role)(0),                      // 53: herd.v1.Role
-	(MemberState)(0),               // 54: herd.v1.MemberState
-	(*LogLine)(nil),                // 55: herd.v1.LogLine
-	(*NodeState)(nil),              // 56: herd.v1.NodeState
+	(*AddOperatorRequest)(nil),     // 48: herd.v1.AddOperatorRequest
+	(*AddOperatorResponse)(nil),    // 49: herd.v1.AddOperatorResponse
+	(*RevokeOperatorRequest)(nil),  // 50: herd.v1.RevokeOperatorRequest
+	(*RevokeOperatorResponse)(nil), // 51: herd.v1.RevokeOperatorResponse
+	(*ListOperatorsRequest)(nil),   // 52: herd.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),  // 53: herd.v1.ListOperatorsResponse
+	(*Operator)(nil),               // 54: herd.v1.Operator
+	(*AppSpec)(nil),                // 55: herd.v1.AppSpec
+	(*durationpb.Duration)(nil),    // 56: google.protobuf.Duration
+	(*Release)(nil),                // 57: herd.v1.Release
+	(*timestamppb.Timestamp)(nil),  // 58: google.protobuf.Timestamp
+	(*WorkerStatus)(nil),           // 59: herd.v1.WorkerStatus
+	(Role)(0),                      // 60: herd.v1.Role
+	(MemberState)(0),               // 61: herd.v1.MemberState
+	(*LogLine)(nil),                // 62: herd.v1.LogLine
+	(*NodeState)(nil),              // 63: herd.v1.NodeState
 }
 var file_herd_v1_control_proto_depIdxs = []int32{
 	3,  // 0: herd.v1.UploadArtifactRequest.header:type_name -> herd.v1.ArtifactHeader
-	48, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
-	49, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
-	49, // 3: herd.v1.DeployRequest.min_healthy:type_name -> google.protobuf.Duration
-	49, // 4: herd.v1.DeployRequest.deadline:type_name -> google.protobuf.Duration
+	55, // 1: herd.v1.DeployRequest.spec:type_name -> herd.v1.AppSpec
+	56, // 2: herd.v1.DeployRequest.timeout:type_name -> google.protobuf.Duration
+	56, // 3: herd.v1.DeployRequest.min_healthy:type_name -> google.protobuf.Duration
+	56, // 4: herd.v1.DeployRequest.deadline:type_name -> google.protobuf.Duration
 	9,  // 5: herd.v1.DeployResponse.progress:type_name -> herd.v1.DeployProgress
 	10, // 6: herd.v1.DeployResponse.result:type_name -> herd.v1.DeployResult
-	50, // 7: herd.v1.DeployResult.release:type_name -> herd.v1.Release
+	57, // 7: herd.v1.DeployResult.release:type_name -> herd.v1.Release
 	26, // 8: herd.v1.DeployResult.nodes:type_name -> herd.v1.NodeResult
 	9,  // 9: herd.v1.RollbackResponse.progress:type_name -> herd.v1.DeployProgress
 	10, // 10: herd.v1.RollbackResponse.result:type_name -> herd.v1.DeployResult
@@ -3046,66 +3408,74 @@ var file_herd_v1_control_proto_depIdxs = []int32{
 	9,  // 13: herd.v1.RestartResponse.progress:type_name -> herd.v1.DeployProgress
 	10, // 14: herd.v1.RestartResponse.result:type_name -> herd.v1.DeployResult
 	21, // 15: herd.v1.HistoryResponse.items:type_name -> herd.v1.HistoryItem
-	50, // 16: herd.v1.HistoryItem.release:type_name -> herd.v1.Release
-	51, // 17: herd.v1.HistoryItem.finished:type_name -> google.protobuf.Timestamp
+	57, // 16: herd.v1.HistoryItem.release:type_name -> herd.v1.Release
+	58, // 17: herd.v1.HistoryItem.finished:type_name -> google.protobuf.Timestamp
 	30, // 18: herd.v1.StatusResponse.apps:type_name -> herd.v1.AppStatus
 	29, // 19: herd.v1.StatusResponse.state:type_name -> herd.v1.StateInfo
-	49, // 20: herd.v1.StateInfo.last_contact:type_name -> google.protobuf.Duration
-	50, // 21: herd.v1.AppStatus.release:type_name -> herd.v1.Release
+	56, // 20: herd.v1.StateInfo.last_contact:type_name -> google.protobuf.Duration
+	57, // 21: herd.v1.AppStatus.release:type_name -> herd.v1.Release
 	31, // 22: herd.v1.AppStatus.nodes:type_name -> herd.v1.AppNodeStatus
-	52, // 23: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
+	59, // 23: herd.v1.AppNodeStatus.workers:type_name -> herd.v1.WorkerStatus
 	34, // 24: herd.v1.ListNodesResponse.members:type_name -> herd.v1.Member
-	53, // 25: herd.v1.Member.role:type_name -> herd.v1.Role
-	54, // 26: herd.v1.Member.state:type_name -> herd.v1.MemberState
-	51, // 27: herd.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
-	55, // 28: herd.v1.LogsResponse.lines:type_name -> herd.v1.LogLine
-	50, // 29: herd.v1.GetAssignmentResponse.releases:type_name -> herd.v1.Release
+	60, // 25: herd.v1.Member.role:type_name -> herd.v1.Role
+	61, // 26: herd.v1.Member.state:type_name -> herd.v1.MemberState
+	58, // 27: herd.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	62, // 28: herd.v1.LogsResponse.lines:type_name -> herd.v1.LogLine
+	57, // 29: herd.v1.GetAssignmentResponse.releases:type_name -> herd.v1.Release
 	43, // 30: herd.v1.ListPeersResponse.peers:type_name -> herd.v1.Peer
-	54, // 31: herd.v1.Peer.member_state:type_name -> herd.v1.MemberState
-	56, // 32: herd.v1.ReportStateRequest.state:type_name -> herd.v1.NodeState
-	0,  // 33: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
-	2,  // 34: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
-	5,  // 35: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
-	7,  // 36: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
-	27, // 37: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
-	32, // 38: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
-	35, // 39: herd.v1.Control.Logs:input_type -> herd.v1.LogsRequest
-	37, // 40: herd.v1.Control.GetAssignment:input_type -> herd.v1.GetAssignmentRequest
-	39, // 41: herd.v1.Control.PullArtifact:input_type -> herd.v1.PullArtifactRequest
-	41, // 42: herd.v1.Control.ListPeers:input_type -> herd.v1.ListPeersRequest
-	44, // 43: herd.v1.Control.RemovePeer:input_type -> herd.v1.RemovePeerRequest
-	46, // 44: herd.v1.Control.ReportState:input_type -> herd.v1.ReportStateRequest
-	11, // 45: herd.v1.Control.Rollback:input_type -> herd.v1.RollbackRequest
-	13, // 46: herd.v1.Control.Scale:input_type -> herd.v1.ScaleRequest
-	15, // 47: herd.v1.Control.Restart:input_type -> herd.v1.RestartRequest
-	17, // 48: herd.v1.Control.Destroy:input_type -> herd.v1.DestroyRequest
-	19, // 49: herd.v1.Control.History:input_type -> herd.v1.HistoryRequest
-	22, // 50: herd.v1.Control.Drain:input_type -> herd.v1.DrainRequest
-	24, // 51: herd.v1.Control.Undrain:input_type -> herd.v1.UndrainRequest
-	1,  // 52: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
-	4,  // 53: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
-	6,  // 54: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
-	8,  // 55: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
-	28, // 56: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
-	33, // 57: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
-	36, // 58: herd.v1.Control.Logs:output_type -> herd.v1.LogsResponse
-	38, // 59: herd.v1.Control.GetAssignment:output_type -> herd.v1.GetAssignmentResponse
-	40, // 60: herd.v1.Control.PullArtifact:output_type -> herd.v1.PullArtifactResponse
-	42, // 61: herd.v1.Control.ListPeers:output_type -> herd.v1.ListPeersResponse
-	45, // 62: herd.v1.Control.RemovePeer:output_type -> herd.v1.RemovePeerResponse
-	47, // 63: herd.v1.Control.ReportState:output_type -> herd.v1.ReportStateResponse
-	12, // 64: herd.v1.Control.Rollback:output_type -> herd.v1.RollbackResponse
-	14, // 65: herd.v1.Control.Scale:output_type -> herd.v1.ScaleResponse
-	16, // 66: herd.v1.Control.Restart:output_type -> herd.v1.RestartResponse
-	18, // 67: herd.v1.Control.Destroy:output_type -> herd.v1.DestroyResponse
-	20, // 68: herd.v1.Control.History:output_type -> herd.v1.HistoryResponse
-	23, // 69: herd.v1.Control.Drain:output_type -> herd.v1.DrainResponse
-	25, // 70: herd.v1.Control.Undrain:output_type -> herd.v1.UndrainResponse
-	52, // [52:71] is the sub-list for method output_type
-	33, // [33:52] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	61, // 31: herd.v1.Peer.member_state:type_name -> herd.v1.MemberState
+	63, // 32: herd.v1.ReportStateRequest.state:type_name -> herd.v1.NodeState
+	54, // 33: herd.v1.ListOperatorsResponse.operators:type_name -> herd.v1.Operator
+	58, // 34: herd.v1.Operator.issued:type_name -> google.protobuf.Timestamp
+	0,  // 35: herd.v1.Control.StatArtifact:input_type -> herd.v1.StatArtifactRequest
+	2,  // 36: herd.v1.Control.UploadArtifact:input_type -> herd.v1.UploadArtifactRequest
+	5,  // 37: herd.v1.Control.FetchArtifact:input_type -> herd.v1.FetchArtifactRequest
+	7,  // 38: herd.v1.Control.Deploy:input_type -> herd.v1.DeployRequest
+	27, // 39: herd.v1.Control.Status:input_type -> herd.v1.StatusRequest
+	32, // 40: herd.v1.Control.ListNodes:input_type -> herd.v1.ListNodesRequest
+	35, // 41: herd.v1.Control.Logs:input_type -> herd.v1.LogsRequest
+	37, // 42: herd.v1.Control.GetAssignment:input_type -> herd.v1.GetAssignmentRequest
+	39, // 43: herd.v1.Control.PullArtifact:input_type -> herd.v1.PullArtifactRequest
+	41, // 44: herd.v1.Control.ListPeers:input_type -> herd.v1.ListPeersRequest
+	44, // 45: herd.v1.Control.RemovePeer:input_type -> herd.v1.RemovePeerRequest
+	46, // 46: herd.v1.Control.ReportState:input_type -> herd.v1.ReportStateRequest
+	11, // 47: herd.v1.Control.Rollback:input_type -> herd.v1.RollbackRequest
+	13, // 48: herd.v1.Control.Scale:input_type -> herd.v1.ScaleRequest
+	15, // 49: herd.v1.Control.Restart:input_type -> herd.v1.RestartRequest
+	17, // 50: herd.v1.Control.Destroy:input_type -> herd.v1.DestroyRequest
+	19, // 51: herd.v1.Control.History:input_type -> herd.v1.HistoryRequest
+	22, // 52: herd.v1.Control.Drain:input_type -> herd.v1.DrainRequest
+	24, // 53: herd.v1.Control.Undrain:input_type -> herd.v1.UndrainRequest
+	48, // 54: herd.v1.Control.AddOperator:input_type -> herd.v1.AddOperatorRequest
+	50, // 55: herd.v1.Control.RevokeOperator:input_type -> herd.v1.RevokeOperatorRequest
+	52, // 56: herd.v1.Control.ListOperators:input_type -> herd.v1.ListOperatorsRequest
+	1,  // 57: herd.v1.Control.StatArtifact:output_type -> herd.v1.StatArtifactResponse
+	4,  // 58: herd.v1.Control.UploadArtifact:output_type -> herd.v1.UploadArtifactResponse
+	6,  // 59: herd.v1.Control.FetchArtifact:output_type -> herd.v1.FetchArtifactResponse
+	8,  // 60: herd.v1.Control.Deploy:output_type -> herd.v1.DeployResponse
+	28, // 61: herd.v1.Control.Status:output_type -> herd.v1.StatusResponse
+	33, // 62: herd.v1.Control.ListNodes:output_type -> herd.v1.ListNodesResponse
+	36, // 63: herd.v1.Control.Logs:output_type -> herd.v1.LogsResponse
+	38, // 64: herd.v1.Control.GetAssignment:output_type -> herd.v1.GetAssignmentResponse
+	40, // 65: herd.v1.Control.PullArtifact:output_type -> herd.v1.PullArtifactResponse
+	42, // 66: herd.v1.Control.ListPeers:output_type -> herd.v1.ListPeersResponse
+	45, // 67: herd.v1.Control.RemovePeer:output_type -> herd.v1.RemovePeerResponse
+	47, // 68: herd.v1.Control.ReportState:output_type -> herd.v1.ReportStateResponse
+	12, // 69: herd.v1.Control.Rollback:output_type -> herd.v1.RollbackResponse
+	14, // 70: herd.v1.Control.Scale:output_type -> herd.v1.ScaleResponse
+	16, // 71: herd.v1.Control.Restart:output_type -> herd.v1.RestartResponse
+	18, // 72: herd.v1.Control.Destroy:output_type -> herd.v1.DestroyResponse
+	20, // 73: herd.v1.Control.History:output_type -> herd.v1.HistoryResponse
+	23, // 74: herd.v1.Control.Drain:output_type -> herd.v1.DrainResponse
+	25, // 75: herd.v1.Control.Undrain:output_type -> herd.v1.UndrainResponse
+	49, // 76: herd.v1.Control.AddOperator:output_type -> herd.v1.AddOperatorResponse
+	51, // 77: herd.v1.Control.RevokeOperator:output_type -> herd.v1.RevokeOperatorResponse
+	53, // 78: herd.v1.Control.ListOperators:output_type -> herd.v1.ListOperatorsResponse
+	57, // [57:79] is the sub-list for method output_type
+	35, // [35:57] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_control_proto_init() }
@@ -3140,7 +3510,7 @@ func file_herd_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_control_proto_rawDesc), len(file_herd_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   48,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,9 @@ const (
 	Control_History_FullMethodName        = "/herd.v1.Control/History"
 	Control_Drain_FullMethodName          = "/herd.v1.Control/Drain"
 	Control_Undrain_FullMethodName        = "/herd.v1.Control/Undrain"
+	Control_AddOperator_FullMethodName    = "/herd.v1.Control/AddOperator"
+	Control_RevokeOperator_FullMethodName = "/herd.v1.Control/RevokeOperator"
+	Control_ListOperators_FullMethodName  = "/herd.v1.Control/ListOperators"
 )
 
 // ControlClient is the client API for Control service.
@@ -95,6 +98,11 @@ type ControlClient interface {
 	// Undrain reverses it.
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 	Undrain(ctx context.Context, in *UndrainRequest, opts ...grpc.CallOption) (*UndrainResponse, error)
+	// AddOperator issues an operator credential (a herdctl config);
+	// RevokeOperator revokes one; ListOperators lists them.
+	AddOperator(ctx context.Context, in *AddOperatorRequest, opts ...grpc.CallOption) (*AddOperatorResponse, error)
+	RevokeOperator(ctx context.Context, in *RevokeOperatorRequest, opts ...grpc.CallOption) (*RevokeOperatorResponse, error)
+	ListOperators(ctx context.Context, in *ListOperatorsRequest, opts ...grpc.CallOption) (*ListOperatorsResponse, error)
 }
 
 type controlClient struct {
@@ -352,6 +360,36 @@ func (c *controlClient) Undrain(ctx context.Context, in *UndrainRequest, opts ..
 	return out, nil
 }
 
+func (c *controlClient) AddOperator(ctx context.Context, in *AddOperatorRequest, opts ...grpc.CallOption) (*AddOperatorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddOperatorResponse)
+	err := c.cc.Invoke(ctx, Control_AddOperator_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RevokeOperator(ctx context.Context, in *RevokeOperatorRequest, opts ...grpc.CallOption) (*RevokeOperatorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeOperatorResponse)
+	err := c.cc.Invoke(ctx, Control_RevokeOperator_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) ListOperators(ctx context.Context, in *ListOperatorsRequest, opts ...grpc.CallOption) (*ListOperatorsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOperatorsResponse)
+	err := c.cc.Invoke(ctx, Control_ListOperators_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -407,6 +445,11 @@ type ControlServer interface {
 	// Undrain reverses it.
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error)
+	// AddOperator issues an operator credential (a herdctl config);
+	// RevokeOperator revokes one; ListOperators lists them.
+	AddOperator(context.Context, *AddOperatorRequest) (*AddOperatorResponse, error)
+	RevokeOperator(context.Context, *RevokeOperatorRequest) (*RevokeOperatorResponse, error)
+	ListOperators(context.Context, *ListOperatorsRequest) (*ListOperatorsResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -473,6 +516,15 @@ func (UnimplementedControlServer) Drain(context.Context, *DrainRequest) (*DrainR
 }
 func (UnimplementedControlServer) Undrain(context.Context, *UndrainRequest) (*UndrainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Undrain not implemented")
+}
+func (UnimplementedControlServer) AddOperator(context.Context, *AddOperatorRequest) (*AddOperatorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddOperator not implemented")
+}
+func (UnimplementedControlServer) RevokeOperator(context.Context, *RevokeOperatorRequest) (*RevokeOperatorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeOperator not implemented")
+}
+func (UnimplementedControlServer) ListOperators(context.Context, *ListOperatorsRequest) (*ListOperatorsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListOperators not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -784,6 +836,60 @@ func _Control_Undrain_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_AddOperator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddOperatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).AddOperator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_AddOperator_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).AddOperator(ctx, req.(*AddOperatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RevokeOperator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeOperatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RevokeOperator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RevokeOperator_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RevokeOperator(ctx, req.(*RevokeOperatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_ListOperators_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOperatorsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ListOperators(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ListOperators_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ListOperators(ctx, req.(*ListOperatorsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -838,6 +944,18 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Undrain",
 			Handler:    _Control_Undrain_Handler,
+		},
+		{
+			MethodName: "AddOperator",
+			Handler:    _Control_AddOperator_Handler,
+		},
+		{
+			MethodName: "RevokeOperator",
+			Handler:    _Control_RevokeOperator_Handler,
+		},
+		{
+			MethodName: "ListOperators",
+			Handler:    _Control_ListOperators_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -37,6 +37,8 @@ type StateCommand struct {
 	//	*StateCommand_SetDrain
 	//	*StateCommand_DestroyApp
 	//	*StateCommand_RolloutStep
+	//	*StateCommand_AddOperator
+	//	*StateCommand_RevokeOperator
 	Op            isStateCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -140,6 +142,24 @@ func (x *StateCommand) GetRolloutStep() *RolloutStep {
 	return nil
 }
 
+func (x *StateCommand) GetAddOperator() *OperatorRecord {
+	if x != nil {
+		if x, ok := x.Op.(*StateCommand_AddOperator); ok {
+			return x.AddOperator
+		}
+	}
+	return nil
+}
+
+func (x *StateCommand) GetRevokeOperator() *RevokeOperator {
+	if x != nil {
+		if x, ok := x.Op.(*StateCommand_RevokeOperator); ok {
+			return x.RevokeOperator
+		}
+	}
+	return nil
+}
+
 type isStateCommand_Op interface {
 	isStateCommand_Op()
 }
@@ -168,6 +188,14 @@ type StateCommand_RolloutStep struct {
 	RolloutStep *RolloutStep `protobuf:"bytes,7,opt,name=rollout_step,json=rolloutStep,proto3,oneof"`
 }
 
+type StateCommand_AddOperator struct {
+	AddOperator *OperatorRecord `protobuf:"bytes,8,opt,name=add_operator,json=addOperator,proto3,oneof"`
+}
+
+type StateCommand_RevokeOperator struct {
+	RevokeOperator *RevokeOperator `protobuf:"bytes,9,opt,name=revoke_operator,json=revokeOperator,proto3,oneof"`
+}
+
 func (*StateCommand_BeginRollout) isStateCommand_Op() {}
 
 func (*StateCommand_FinishRollout) isStateCommand_Op() {}
@@ -179,6 +207,134 @@ func (*StateCommand_SetDrain) isStateCommand_Op() {}
 func (*StateCommand_DestroyApp) isStateCommand_Op() {}
 
 func (*StateCommand_RolloutStep) isStateCommand_Op() {}
+
+func (*StateCommand_AddOperator) isStateCommand_Op() {}
+
+func (*StateCommand_RevokeOperator) isStateCommand_Op() {}
+
+// OperatorRecord is an operator credential the fronts issued.
+type OperatorRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "operator" or "operator-readonly".
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// The certificate's serial number, lower-case hex.
+	Serial        string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	Issued        *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=issued,proto3" json:"issued,omitempty"`
+	Revoked       bool                   `protobuf:"varint,5,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OperatorRecord) Reset() {
+	*x = OperatorRecord{}
+	mi := &file_herd_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OperatorRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OperatorRecord) ProtoMessage() {}
+
+func (x *OperatorRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OperatorRecord.ProtoReflect.Descriptor instead.
+func (*OperatorRecord) Descriptor() ([]byte, []int) {
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OperatorRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *OperatorRecord) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *OperatorRecord) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *OperatorRecord) GetIssued() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Issued
+	}
+	return nil
+}
+
+func (x *OperatorRecord) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+// RevokeOperator revokes every certificate issued to an operator name.
+type RevokeOperator struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOperator) Reset() {
+	*x = RevokeOperator{}
+	mi := &file_herd_v1_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOperator) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOperator) ProtoMessage() {}
+
+func (x *RevokeOperator) ProtoReflect() protoreflect.Message {
+	mi := &file_herd_v1_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOperator.ProtoReflect.Descriptor instead.
+func (*RevokeOperator) Descriptor() ([]byte, []int) {
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RevokeOperator) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
 
 // RolloutPlan is how a rollout moves nodes; it is kept with the rollout so
 // that a new leader resumes it the same way.
@@ -197,7 +353,7 @@ type RolloutPlan struct {
 
 func (x *RolloutPlan) Reset() {
 	*x = RolloutPlan{}
-	mi := &file_herd_v1_state_proto_msgTypes[1]
+	mi := &file_herd_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +365,7 @@ func (x *RolloutPlan) String() string {
 func (*RolloutPlan) ProtoMessage() {}
 
 func (x *RolloutPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[1]
+	mi := &file_herd_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +378,7 @@ func (x *RolloutPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutPlan.ProtoReflect.Descriptor instead.
 func (*RolloutPlan) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RolloutPlan) GetBatch() string {
@@ -272,7 +428,7 @@ type RolloutStep struct {
 
 func (x *RolloutStep) Reset() {
 	*x = RolloutStep{}
-	mi := &file_herd_v1_state_proto_msgTypes[2]
+	mi := &file_herd_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +440,7 @@ func (x *RolloutStep) String() string {
 func (*RolloutStep) ProtoMessage() {}
 
 func (x *RolloutStep) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[2]
+	mi := &file_herd_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +453,7 @@ func (x *RolloutStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStep.ProtoReflect.Descriptor instead.
 func (*RolloutStep) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RolloutStep) GetApp() string {
@@ -333,7 +489,7 @@ type SetDrain struct {
 
 func (x *SetDrain) Reset() {
 	*x = SetDrain{}
-	mi := &file_herd_v1_state_proto_msgTypes[3]
+	mi := &file_herd_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +501,7 @@ func (x *SetDrain) String() string {
 func (*SetDrain) ProtoMessage() {}
 
 func (x *SetDrain) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[3]
+	mi := &file_herd_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +514,7 @@ func (x *SetDrain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrain.ProtoReflect.Descriptor instead.
 func (*SetDrain) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SetDrain) GetNode() string {
@@ -393,7 +549,7 @@ type DestroyApp struct {
 
 func (x *DestroyApp) Reset() {
 	*x = DestroyApp{}
-	mi := &file_herd_v1_state_proto_msgTypes[4]
+	mi := &file_herd_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +561,7 @@ func (x *DestroyApp) String() string {
 func (*DestroyApp) ProtoMessage() {}
 
 func (x *DestroyApp) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[4]
+	mi := &file_herd_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +574,7 @@ func (x *DestroyApp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyApp.ProtoReflect.Descriptor instead.
 func (*DestroyApp) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DestroyApp) GetApp() string {
@@ -449,7 +605,7 @@ type BeginRollout struct {
 
 func (x *BeginRollout) Reset() {
 	*x = BeginRollout{}
-	mi := &file_herd_v1_state_proto_msgTypes[5]
+	mi := &file_herd_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +617,7 @@ func (x *BeginRollout) String() string {
 func (*BeginRollout) ProtoMessage() {}
 
 func (x *BeginRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[5]
+	mi := &file_herd_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +630,7 @@ func (x *BeginRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginRollout.ProtoReflect.Descriptor instead.
 func (*BeginRollout) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BeginRollout) GetSpec() *AppSpec {
@@ -542,7 +698,7 @@ type FinishRollout struct {
 
 func (x *FinishRollout) Reset() {
 	*x = FinishRollout{}
-	mi := &file_herd_v1_state_proto_msgTypes[6]
+	mi := &file_herd_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +710,7 @@ func (x *FinishRollout) String() string {
 func (*FinishRollout) ProtoMessage() {}
 
 func (x *FinishRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[6]
+	mi := &file_herd_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +723,7 @@ func (x *FinishRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishRollout.ProtoReflect.Descriptor instead.
 func (*FinishRollout) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FinishRollout) GetApp() string {
@@ -618,7 +774,7 @@ type AssignRelease struct {
 
 func (x *AssignRelease) Reset() {
 	*x = AssignRelease{}
-	mi := &file_herd_v1_state_proto_msgTypes[7]
+	mi := &file_herd_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +786,7 @@ func (x *AssignRelease) String() string {
 func (*AssignRelease) ProtoMessage() {}
 
 func (x *AssignRelease) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[7]
+	mi := &file_herd_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +799,7 @@ func (x *AssignRelease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignRelease.ProtoReflect.Descriptor instead.
 func (*AssignRelease) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AssignRelease) GetNode() string {
@@ -688,7 +844,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_herd_v1_state_proto_msgTypes[8]
+	mi := &file_herd_v1_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +856,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[8]
+	mi := &file_herd_v1_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +869,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Rollout) GetId() uint64 {
@@ -795,7 +951,7 @@ type HistoryEntry struct {
 
 func (x *HistoryEntry) Reset() {
 	*x = HistoryEntry{}
-	mi := &file_herd_v1_state_proto_msgTypes[9]
+	mi := &file_herd_v1_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +963,7 @@ func (x *HistoryEntry) String() string {
 func (*HistoryEntry) ProtoMessage() {}
 
 func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[9]
+	mi := &file_herd_v1_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +976,7 @@ func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
 func (*HistoryEntry) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HistoryEntry) GetRelease() *Release {
@@ -879,7 +1035,7 @@ type AppRecord struct {
 
 func (x *AppRecord) Reset() {
 	*x = AppRecord{}
-	mi := &file_herd_v1_state_proto_msgTypes[10]
+	mi := &file_herd_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1047,7 @@ func (x *AppRecord) String() string {
 func (*AppRecord) ProtoMessage() {}
 
 func (x *AppRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[10]
+	mi := &file_herd_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1060,7 @@ func (x *AppRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppRecord.ProtoReflect.Descriptor instead.
 func (*AppRecord) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AppRecord) GetName() string {
@@ -970,7 +1126,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_herd_v1_state_proto_msgTypes[11]
+	mi := &file_herd_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1138,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[11]
+	mi := &file_herd_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1151,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodeRecord) GetName() string {
@@ -1032,13 +1188,14 @@ type StateSnapshot struct {
 	Apps          []*AppRecord           `protobuf:"bytes,1,rep,name=apps,proto3" json:"apps,omitempty"`
 	Nodes         []*NodeRecord          `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	LastRollout   uint64                 `protobuf:"varint,3,opt,name=last_rollout,json=lastRollout,proto3" json:"last_rollout,omitempty"`
+	Operators     []*OperatorRecord      `protobuf:"bytes,4,rep,name=operators,proto3" json:"operators,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_herd_v1_state_proto_msgTypes[12]
+	mi := &file_herd_v1_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1207,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_herd_v1_state_proto_msgTypes[12]
+	mi := &file_herd_v1_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1220,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_herd_v1_state_proto_rawDescGZIP(), []int{12}
+	return file_herd_v1_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StateSnapshot) GetApps() []*AppRecord {
@@ -1087,11 +1244,18 @@ func (x *StateSnapshot) GetLastRollout() uint64 {
 	return 0
 }
 
+func (x *StateSnapshot) GetOperators() []*OperatorRecord {
+	if x != nil {
+		return x.Operators
+	}
+	return nil
+}
+
 var File_herd_v1_state_proto protoreflect.FileDescriptor
 
 const file_herd_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/state.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15herd/v1/control.proto\x1a\x13herd/v1/types.proto\"\xa9\x03\n" +
+	"\x13herd/v1/state.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15herd/v1/control.proto\x1a\x13herd/v1/types.proto\"\xab\x04\n" +
 	"\fStateCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12<\n" +
 	"\rbegin_rollout\x18\x02 \x01(\v2\x15.herd.v1.BeginRolloutH\x00R\fbeginRollout\x12?\n" +
@@ -1100,8 +1264,18 @@ const file_herd_v1_state_proto_rawDesc = "" +
 	"\tset_drain\x18\x05 \x01(\v2\x11.herd.v1.SetDrainH\x00R\bsetDrain\x126\n" +
 	"\vdestroy_app\x18\x06 \x01(\v2\x13.herd.v1.DestroyAppH\x00R\n" +
 	"destroyApp\x129\n" +
-	"\frollout_step\x18\a \x01(\v2\x14.herd.v1.RolloutStepH\x00R\vrolloutStepB\x04\n" +
-	"\x02op\"\xec\x01\n" +
+	"\frollout_step\x18\a \x01(\v2\x14.herd.v1.RolloutStepH\x00R\vrolloutStep\x12<\n" +
+	"\fadd_operator\x18\b \x01(\v2\x17.herd.v1.OperatorRecordH\x00R\vaddOperator\x12B\n" +
+	"\x0frevoke_operator\x18\t \x01(\v2\x17.herd.v1.RevokeOperatorH\x00R\x0erevokeOperatorB\x04\n" +
+	"\x02op\"\x9e\x01\n" +
+	"\x0eOperatorRecord\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x122\n" +
+	"\x06issued\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x06issued\x12\x18\n" +
+	"\arevoked\x18\x05 \x01(\bR\arevoked\"$\n" +
+	"\x0eRevokeOperator\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xec\x01\n" +
 	"\vRolloutPlan\x12\x14\n" +
 	"\x05batch\x18\x01 \x01(\tR\x05batch\x12:\n" +
 	"\vmin_healthy\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
@@ -1174,11 +1348,12 @@ const file_herd_v1_state_proto_rawDesc = "" +
 	"\fkeep_workers\x18\x05 \x01(\bR\vkeepWorkers\x1a>\n" +
 	"\x10AssignmentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x04\x10\x05\"\x85\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x04\x10\x05\"\xbc\x01\n" +
 	"\rStateSnapshot\x12&\n" +
 	"\x04apps\x18\x01 \x03(\v2\x12.herd.v1.AppRecordR\x04apps\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.herd.v1.NodeRecordR\x05nodes\x12!\n" +
-	"\flast_rollout\x18\x03 \x01(\x04R\vlastRolloutB\x8c\x01\n" +
+	"\flast_rollout\x18\x03 \x01(\x04R\vlastRollout\x125\n" +
+	"\toperators\x18\x04 \x03(\v2\x17.herd.v1.OperatorRecordR\toperatorsB\x8c\x01\n" +
 	"\vcom.herd.v1B\n" +
 	"StateProtoP\x01Z4github.com/herd-run/herd/internal/gen/herd/v1;herdv1\xa2\x02\x03HXX\xaa\x02\aHerd.V1\xca\x02\aHerd\\V1\xe2\x02\x13Herd\\V1\\GPBMetadata\xea\x02\bHerd::V1b\x06proto3"
 
@@ -1194,60 +1369,66 @@ func file_herd_v1_state_proto_rawDescGZIP() []byte {
 	return file_herd_v1_state_proto_rawDescData
 }
 
-var file_herd_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_herd_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_herd_v1_state_proto_goTypes = []any{
 	(*StateCommand)(nil),          // 0: herd.v1.StateCommand
-	(*RolloutPlan)(nil),           // 1: herd.v1.RolloutPlan
-	(*RolloutStep)(nil),           // 2: herd.v1.RolloutStep
-	(*SetDrain)(nil),              // 3: herd.v1.SetDrain
-	(*DestroyApp)(nil),            // 4: herd.v1.DestroyApp
-	(*BeginRollout)(nil),          // 5: herd.v1.BeginRollout
-	(*FinishRollout)(nil),         // 6: herd.v1.FinishRollout
-	(*AssignRelease)(nil),         // 7: herd.v1.AssignRelease
-	(*Rollout)(nil),               // 8: herd.v1.Rollout
-	(*HistoryEntry)(nil),          // 9: herd.v1.HistoryEntry
-	(*AppRecord)(nil),             // 10: herd.v1.AppRecord
-	(*NodeRecord)(nil),            // 11: herd.v1.NodeRecord
-	(*StateSnapshot)(nil),         // 12: herd.v1.StateSnapshot
-	nil,                           // 13: herd.v1.Rollout.PreviousEntry
-	nil,                           // 14: herd.v1.NodeRecord.AssignmentsEntry
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
-	(*AppSpec)(nil),               // 17: herd.v1.AppSpec
-	(*NodeResult)(nil),            // 18: herd.v1.NodeResult
-	(*Release)(nil),               // 19: herd.v1.Release
+	(*OperatorRecord)(nil),        // 1: herd.v1.OperatorRecord
+	(*RevokeOperator)(nil),        // 2: herd.v1.RevokeOperator
+	(*RolloutPlan)(nil),           // 3: herd.v1.RolloutPlan
+	(*RolloutStep)(nil),           // 4: herd.v1.RolloutStep
+	(*SetDrain)(nil),              // 5: herd.v1.SetDrain
+	(*DestroyApp)(nil),            // 6: herd.v1.DestroyApp
+	(*BeginRollout)(nil),          // 7: herd.v1.BeginRollout
+	(*FinishRollout)(nil),         // 8: herd.v1.FinishRollout
+	(*AssignRelease)(nil),         // 9: herd.v1.AssignRelease
+	(*Rollout)(nil),               // 10: herd.v1.Rollout
+	(*HistoryEntry)(nil),          // 11: herd.v1.HistoryEntry
+	(*AppRecord)(nil),             // 12: herd.v1.AppRecord
+	(*NodeRecord)(nil),            // 13: herd.v1.NodeRecord
+	(*StateSnapshot)(nil),         // 14: herd.v1.StateSnapshot
+	nil,                           // 15: herd.v1.Rollout.PreviousEntry
+	nil,                           // 16: herd.v1.NodeRecord.AssignmentsEntry
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*AppSpec)(nil),               // 19: herd.v1.AppSpec
+	(*NodeResult)(nil),            // 20: herd.v1.NodeResult
+	(*Release)(nil),               // 21: herd.v1.Release
 }
 var file_herd_v1_state_proto_depIdxs = []int32{
-	15, // 0: herd.v1.StateCommand.time:type_name -> google.protobuf.Timestamp
-	5,  // 1: herd.v1.StateCommand.begin_rollout:type_name -> herd.v1.BeginRollout
-	6,  // 2: herd.v1.StateCommand.finish_rollout:type_name -> herd.v1.FinishRollout
-	7,  // 3: herd.v1.StateCommand.assign_release:type_name -> herd.v1.AssignRelease
-	3,  // 4: herd.v1.StateCommand.set_drain:type_name -> herd.v1.SetDrain
-	4,  // 5: herd.v1.StateCommand.destroy_app:type_name -> herd.v1.DestroyApp
-	2,  // 6: herd.v1.StateCommand.rollout_step:type_name -> herd.v1.RolloutStep
-	16, // 7: herd.v1.RolloutPlan.min_healthy:type_name -> google.protobuf.Duration
-	16, // 8: herd.v1.RolloutPlan.deadline:type_name -> google.protobuf.Duration
-	16, // 9: herd.v1.RolloutPlan.timeout:type_name -> google.protobuf.Duration
-	17, // 10: herd.v1.BeginRollout.spec:type_name -> herd.v1.AppSpec
-	1,  // 11: herd.v1.BeginRollout.plan:type_name -> herd.v1.RolloutPlan
-	18, // 12: herd.v1.FinishRollout.nodes:type_name -> herd.v1.NodeResult
-	19, // 13: herd.v1.Rollout.release:type_name -> herd.v1.Release
-	15, // 14: herd.v1.Rollout.started:type_name -> google.protobuf.Timestamp
-	1,  // 15: herd.v1.Rollout.plan:type_name -> herd.v1.RolloutPlan
-	13, // 16: herd.v1.Rollout.previous:type_name -> herd.v1.Rollout.PreviousEntry
-	19, // 17: herd.v1.HistoryEntry.release:type_name -> herd.v1.Release
-	15, // 18: herd.v1.HistoryEntry.finished:type_name -> google.protobuf.Timestamp
-	19, // 19: herd.v1.AppRecord.current:type_name -> herd.v1.Release
-	9,  // 20: herd.v1.AppRecord.history:type_name -> herd.v1.HistoryEntry
-	8,  // 21: herd.v1.AppRecord.rollout:type_name -> herd.v1.Rollout
-	14, // 22: herd.v1.NodeRecord.assignments:type_name -> herd.v1.NodeRecord.AssignmentsEntry
-	10, // 23: herd.v1.StateSnapshot.apps:type_name -> herd.v1.AppRecord
-	11, // 24: herd.v1.StateSnapshot.nodes:type_name -> herd.v1.NodeRecord
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	17, // 0: herd.v1.StateCommand.time:type_name -> google.protobuf.Timestamp
+	7,  // 1: herd.v1.StateCommand.begin_rollout:type_name -> herd.v1.BeginRollout
+	8,  // 2: herd.v1.StateCommand.finish_rollout:type_name -> herd.v1.FinishRollout
+	9,  // 3: herd.v1.StateCommand.assign_release:type_name -> herd.v1.AssignRelease
+	5,  // 4: herd.v1.StateCommand.set_drain:type_name -> herd.v1.SetDrain
+	6,  // 5: herd.v1.StateCommand.destroy_app:type_name -> herd.v1.DestroyApp
+	4,  // 6: herd.v1.StateCommand.rollout_step:type_name -> herd.v1.RolloutStep
+	1,  // 7: herd.v1.StateCommand.add_operator:type_name -> herd.v1.OperatorRecord
+	2,  // 8: herd.v1.StateCommand.revoke_operator:type_name -> herd.v1.RevokeOperator
+	17, // 9: herd.v1.OperatorRecord.issued:type_name -> google.protobuf.Timestamp
+	18, // 10: herd.v1.RolloutPlan.min_healthy:type_name -> google.protobuf.Duration
+	18, // 11: herd.v1.RolloutPlan.deadline:type_name -> google.protobuf.Duration
+	18, // 12: herd.v1.RolloutPlan.timeout:type_name -> google.protobuf.Duration
+	19, // 13: herd.v1.BeginRollout.spec:type_name -> herd.v1.AppSpec
+	3,  // 14: herd.v1.BeginRollout.plan:type_name -> herd.v1.RolloutPlan
+	20, // 15: herd.v1.FinishRollout.nodes:type_name -> herd.v1.NodeResult
+	21, // 16: herd.v1.Rollout.release:type_name -> herd.v1.Release
+	17, // 17: herd.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	3,  // 18: herd.v1.Rollout.plan:type_name -> herd.v1.RolloutPlan
+	15, // 19: herd.v1.Rollout.previous:type_name -> herd.v1.Rollout.PreviousEntry
+	21, // 20: herd.v1.HistoryEntry.release:type_name -> herd.v1.Release
+	17, // 21: herd.v1.HistoryEntry.finished:type_name -> google.protobuf.Timestamp
+	21, // 22: herd.v1.AppRecord.current:type_name -> herd.v1.Release
+	11, // 23: herd.v1.AppRecord.history:type_name -> herd.v1.HistoryEntry
+	10, // 24: herd.v1.AppRecord.rollout:type_name -> herd.v1.Rollout
+	16, // 25: herd.v1.NodeRecord.assignments:type_name -> herd.v1.NodeRecord.AssignmentsEntry
+	12, // 26: herd.v1.StateSnapshot.apps:type_name -> herd.v1.AppRecord
+	13, // 27: herd.v1.StateSnapshot.nodes:type_name -> herd.v1.NodeRecord
+	1,  // 28: herd.v1.StateSnapshot.operators:type_name -> herd.v1.OperatorRecord
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_state_proto_init() }
@@ -1264,6 +1445,8 @@ func file_herd_v1_state_proto_init() {
 		(*StateCommand_SetDrain)(nil),
 		(*StateCommand_DestroyApp)(nil),
 		(*StateCommand_RolloutStep)(nil),
+		(*StateCommand_AddOperator)(nil),
+		(*StateCommand_RevokeOperator)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1271,7 +1454,7 @@ func file_herd_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_state_proto_rawDesc), len(file_herd_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

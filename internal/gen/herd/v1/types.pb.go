@@ -192,8 +192,13 @@ type AppSpec struct {
 	// before any node moves (database migrations); if it fails, nothing
 	// moves. Empty: none.
 	ReleaseCommand string `protobuf:"bytes,24,opt,name=release_command,json=releaseCommand,proto3" json:"release_command,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Environment given to every worker (and the release command) whose
+	// values are secret: stored only in the fronts' and the nodes' data dirs
+	// (0600/0700), sent only to the nodes that run the app, and shown as
+	// "<redacted>" in every answer to an operator.
+	SecretEnv     map[string]string `protobuf:"bytes,25,rep,name=secret_env,json=secretEnv,proto3" json:"secret_env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppSpec) Reset() {
@@ -392,6 +397,13 @@ func (x *AppSpec) GetReleaseCommand() string {
 		return x.ReleaseCommand
 	}
 	return ""
+}
+
+func (x *AppSpec) GetSecretEnv() map[string]string {
+	if x != nil {
+		return x.SecretEnv
+	}
+	return nil
 }
 
 // StaticDir maps a URL prefix to a directory inside the release.
@@ -1030,7 +1042,7 @@ var File_herd_v1_types_proto protoreflect.FileDescriptor
 
 const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\a\n" +
+	"\x13herd/v1/types.proto\x12\aherd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\b\n" +
 	"\aAppSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x18\n" +
@@ -1061,11 +1073,16 @@ const file_herd_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"rate_burst\x18\x16 \x01(\rR\trateBurst\x12:\n" +
 	"\bselector\x18\x17 \x03(\v2\x1e.herd.v1.AppSpec.SelectorEntryR\bselector\x12'\n" +
-	"\x0frelease_command\x18\x18 \x01(\tR\x0ereleaseCommand\x1a6\n" +
+	"\x0frelease_command\x18\x18 \x01(\tR\x0ereleaseCommand\x12>\n" +
+	"\n" +
+	"secret_env\x18\x19 \x03(\v2\x1f.herd.v1.AppSpec.SecretEnvEntryR\tsecretEnv\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
+	"\x0eSecretEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
 	"\tStaticDir\x12\x1d\n" +
@@ -1150,7 +1167,7 @@ func file_herd_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_herd_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_herd_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_herd_v1_types_proto_goTypes = []any{
 	(Role)(0),                     // 0: herd.v1.Role
 	(MemberState)(0),              // 1: herd.v1.MemberState
@@ -1165,30 +1182,32 @@ var file_herd_v1_types_proto_goTypes = []any{
 	(*LogLine)(nil),               // 10: herd.v1.LogLine
 	nil,                           // 11: herd.v1.AppSpec.EnvEntry
 	nil,                           // 12: herd.v1.AppSpec.SelectorEntry
-	nil,                           // 13: herd.v1.NodeState.LabelsEntry
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	nil,                           // 13: herd.v1.AppSpec.SecretEnvEntry
+	nil,                           // 14: herd.v1.NodeState.LabelsEntry
+	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_herd_v1_types_proto_depIdxs = []int32{
 	11, // 0: herd.v1.AppSpec.env:type_name -> herd.v1.AppSpec.EnvEntry
-	14, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
-	14, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
-	14, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
+	15, // 1: herd.v1.AppSpec.queue_timeout:type_name -> google.protobuf.Duration
+	15, // 2: herd.v1.AppSpec.max_lifetime:type_name -> google.protobuf.Duration
+	15, // 3: herd.v1.AppSpec.stop_timeout:type_name -> google.protobuf.Duration
 	3,  // 4: herd.v1.AppSpec.static:type_name -> herd.v1.StaticDir
 	12, // 5: herd.v1.AppSpec.selector:type_name -> herd.v1.AppSpec.SelectorEntry
-	2,  // 6: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
-	15, // 7: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
-	5,  // 8: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
-	6,  // 9: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
-	13, // 10: herd.v1.NodeState.labels:type_name -> herd.v1.NodeState.LabelsEntry
-	7,  // 11: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
-	15, // 12: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
-	15, // 13: herd.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	13, // 6: herd.v1.AppSpec.secret_env:type_name -> herd.v1.AppSpec.SecretEnvEntry
+	2,  // 7: herd.v1.Release.spec:type_name -> herd.v1.AppSpec
+	16, // 8: herd.v1.Release.created:type_name -> google.protobuf.Timestamp
+	5,  // 9: herd.v1.AppState.endpoints:type_name -> herd.v1.Endpoint
+	6,  // 10: herd.v1.NodeState.apps:type_name -> herd.v1.AppState
+	14, // 11: herd.v1.NodeState.labels:type_name -> herd.v1.NodeState.LabelsEntry
+	7,  // 12: herd.v1.GossipState.nodes:type_name -> herd.v1.NodeState
+	16, // 13: herd.v1.WorkerStatus.started:type_name -> google.protobuf.Timestamp
+	16, // 14: herd.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_herd_v1_types_proto_init() }
@@ -1202,7 +1221,7 @@ func file_herd_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herd_v1_types_proto_rawDesc), len(file_herd_v1_types_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
