@@ -282,7 +282,7 @@ front_grpc=$(addr "$work/front" grpc)
 front_gossip=$(addr "$work/front" gossip)
 
 (cd "$work" && exec taskset -c 1 "$bin/herd-node" --data-dir "$work/node" --name node-1 \
-	--advertise 127.0.0.1 --gossip 127.0.0.1:0 --grpc 127.0.0.1:0 --join "$front_gossip" --cluster-key-file "$work/front/cluster.key" \
+	--advertise 127.0.0.1 --gossip 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --join "$front_gossip" --cluster-key-file "$work/front/cluster.key" \
 	--port-range "$P-$P" --log-level warn) >"$work/node.log" 2>&1 &
 pids+=($!)
 addr "$work/node" grpc >/dev/null

@@ -90,7 +90,7 @@ gossip=$(addr "$work/front" gossip)
 
 for i in 1 2 3; do
 	bin/herd-node --data-dir "$work/node-$i" --name "node-$i" --advertise 127.0.0.1 \
-		--gossip 127.0.0.1:0 --grpc 127.0.0.1:0 --join "$gossip" --cluster-key-file "$work/front/cluster.key" \
+		--gossip 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --join "$gossip" --cluster-key-file "$work/front/cluster.key" \
 		--port-range "2${i}000-2${i}999" >"$work/node-$i.log" 2>&1 &
 	pids+=($!)
 	addr "$work/node-$i" grpc >/dev/null

@@ -33,7 +33,7 @@ func main() {
 	fs.Var(&keys, "tls-key", "private key `FILE` for the --tls-cert at the same position")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "`DIR` of NAME.crt + NAME.key pairs for --https (SIGHUP re-reads it)")
 	fs.StringVar(&cfg.GRPC, "grpc", ":7700", "Control API (herdctl, nodes) listener `ADDR`")
-	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:7701", "admin listener `ADDR` for /healthz, /metrics and /debug/pprof; empty disables it")
+	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:7701", "admin listener `ADDR` for /healthz, /metrics, /debug/pprof and grpc.health.v1 (plain HTTP/2, no client certificate); empty disables it")
 	fs.StringVar(&cfg.Gossip, "gossip", ":7946", "gossip (memberlist) bind `ADDR`, UDP and TCP")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "`IP` other members reach this front at (default: the bind IP or a private address)")
 	fs.Var(&join, "join", "gossip `HOST:PORT` of a member to join (repeatable); the first front starts without it and bootstraps the Raft cluster")

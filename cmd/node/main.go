@@ -30,6 +30,7 @@ func main() {
 	fs.StringVar(&cfg.Advertise, "advertise", "", "`IP` fronts reach this node at; workers bind it (default: the bind IP or a private address)")
 	fs.Var(&join, "join", "gossip `HOST:PORT` of a member to join (repeatable)")
 	fs.StringVar(&cfg.ClusterKeyFile, "cluster-key-file", "", "`FILE` with the cluster key, as the first front wrote it to its DATA-DIR/cluster.key (default: DATA-DIR/cluster.key)")
+	fs.StringVar(&cfg.Admin, "admin", "127.0.0.1:7711", "admin listener `ADDR` for /healthz, /metrics and grpc.health.v1 (plain HTTP/2, no client certificate); empty disables it")
 	fs.StringVar(&cfg.GRPC, "grpc", ":7710", "Agent API listener `ADDR` (fronts call it)")
 	labels := fs.String("labels", "", "node labels `k=v,...` (for app selectors)")
 	ports := fs.String("port-range", "20000-29999", "worker ports are taken from `LO-HI`")

@@ -19,6 +19,9 @@ type Config struct {
 	Advertise string // IP fronts and workers use; workers bind it
 	Join      []string
 	GRPC      string // Agent API bind host:port
+	// Admin is the listener for /healthz, /metrics and grpc.health.v1
+	// without client certificates; empty: none.
+	Admin string
 	// ClusterKeyFile holds the cluster key(s) that encrypt gossip
 	// (default <data-dir>/cluster.key).
 	ClusterKeyFile string

@@ -8,15 +8,20 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
 	"github.com/herd-run/herd/internal/certs"
+	"github.com/herd-run/herd/internal/cli"
 	"github.com/herd-run/herd/internal/cluster"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 	"github.com/herd-run/herd/internal/pki"
@@ -83,6 +88,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer lis.Close()
 	grpcAddr := net.JoinHostPort(host, strconv.Itoa(lis.Addr().(*net.TCPAddr).Port))
+	var adminLis net.Listener
+	if cfg.Admin != "" {
+		if adminLis, err = net.Listen("tcp", cfg.Admin); err != nil {
+			return fmt.Errorf("--admin: %w", err)
+		}
+		defer adminLis.Close()
+	}
 
 	m := &manager{
 		cfg:      cfg,
@@ -159,10 +171,29 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv := grpc.NewServer(opts...)
 	herdv1.RegisterAgentServer(srv, &service{m: m})
-	serveErr := make(chan error, 1)
+	healthSvc := cli.NewHealth("herd.v1.Agent")
+	healthSvc.Register(srv)
+	defer healthSvc.Shutdown()
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(lis) }()
+	addrs := map[string]string{"grpc": grpcAddr, "gossip": cl.GossipAddr()}
+	if adminLis != nil {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collector{m})
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+		admin := &http.Server{Handler: healthSvc.AdminHandler(mux), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := admin.Serve(adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("admin: %w", err)
+			}
+		}()
+		defer admin.Close()
+		addrs["admin"] = adminLis.Addr().String()
+	}
 
-	if err := runfile.Write(cfg.DataDir, map[string]string{"grpc": grpcAddr, "gossip": cl.GossipAddr()}); err != nil {
+	if err := runfile.Write(cfg.DataDir, addrs); err != nil {
 		log.Warn("write addresses file", "err", err)
 	}
 	log.Info("herd-node serving", "grpc", grpcAddr, "gossip", cl.GossipAddr(), "advertise", host, "worker_user", workerUser)
@@ -185,6 +216,7 @@ func Run(ctx context.Context, cfg Config) error {
 	bg.Wait()
 
 	log.Info("herd-node stopping: withdrawing endpoints")
+	healthSvc.Shutdown()
 	cl.Leaving()
 	// Once the fronts route elsewhere, the workers stop gracefully and
 	// finish their requests in flight.

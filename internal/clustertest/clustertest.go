@@ -268,7 +268,7 @@ func (c *Cluster) StartNode(i int, extra ...string) *Proc {
 		gossip, grpcAddr = c.Nodes[i-1].Addrs["gossip"], c.Nodes[i-1].Addrs["grpc"]
 	}
 	args := []string{"--name", fmt.Sprintf("node-%d", i), "--advertise", ip,
-		"--gossip", gossip, "--grpc", grpcAddr,
+		"--gossip", gossip, "--grpc", grpcAddr, "--admin", ip + ":0",
 		"--port-range", fmt.Sprintf("%d-%d", lo, lo+99), "--cluster-key-file", c.KeyFile()}
 	for _, f := range c.Fronts {
 		if f != nil {

@@ -3,10 +3,15 @@ package clustertest
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	grpcstatus "google.golang.org/grpc/status"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
@@ -30,7 +36,7 @@ func TestGossipIsEncrypted(t *testing.T) {
 		t.Fatalf("cluster key %s: %v, mode %v; want 0600", c.KeyFile(), err, fi.Mode())
 	}
 	dir := t.TempDir()
-	r := RunCtl(t, c.Bin.Node, "--data-dir", filepath.Join(dir, "a"), "--name", "keyless", "--gossip", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--join", c.Front.Addrs["gossip"])
+	r := RunCtl(t, c.Bin.Node, "--data-dir", filepath.Join(dir, "a"), "--name", "keyless", "--gossip", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--admin", "", "--join", c.Front.Addrs["gossip"])
 	if r.Code == 0 || !strings.Contains(r.Stderr, "--cluster-key-file") {
 		t.Fatalf("a node without the key: exit %d, %q", r.Code, r.Stderr)
 	}
@@ -47,7 +53,7 @@ func TestGossipIsEncrypted(t *testing.T) {
 	// a front, never gets a certificate, never serves.
 	var out bytes.Buffer
 	cmd := exec.Command(c.Bin.Node, "--data-dir", filepath.Join(dir, "b"), "--name", "stranger", "--advertise", NodeIP(9),
-		"--gossip", NodeIP(9)+":0", "--grpc", NodeIP(9)+":0", "--join", c.Front.Addrs["gossip"], "--cluster-key-file", wrong, "--log-level", "debug")
+		"--gossip", NodeIP(9)+":0", "--grpc", NodeIP(9)+":0", "--admin", "", "--join", c.Front.Addrs["gossip"], "--cluster-key-file", wrong, "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -109,6 +115,26 @@ func TestRolesEnforced(t *testing.T) {
 	if err := call(noCert, front, pki.RoleFront, status); grpcstatus.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "--config") {
 		t.Errorf("status without a certificate: %v", err)
 	}
+	other, err := pki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := other.IssueBundle(pki.RoleOperator, "admin", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign.CAPEM = caPEM // trusts this cluster, signed by another
+	if err := call(foreign, front, pki.RoleFront, status); grpcstatus.Code(err) != codes.Unauthenticated {
+		t.Errorf("an operator of another CA: %v, want Unauthenticated", err)
+	}
+	short, err := ca.IssueBundle(pki.RoleOperator, "admin", nil, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if err := call(short, front, pki.RoleFront, drain); grpcstatus.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("an expired operator certificate: %v, want Unauthenticated naming the expiry", err)
+	}
 	node, err := ca.IssueBundle(pki.RoleNode, "node-1", nil, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -138,6 +164,28 @@ func TestRolesEnforced(t *testing.T) {
 	})
 	if grpcstatus.Code(err) != codes.PermissionDenied {
 		t.Errorf("an operator calling a node: %v, want PermissionDenied", err)
+	}
+	// Health checks need no certificate: on the admin port (plain HTTP/2,
+	// as grpc_health_probe and kubelet speak it) and on the mTLS port.
+	check := func(conn *grpc.ClientConn) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "herd.v1.Control"})
+		if err == nil && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			err = fmt.Errorf("status %v", resp.GetStatus())
+		}
+		return err
+	}
+	if err := call(noCert, front, pki.RoleFront, check); err != nil {
+		t.Errorf("health on the gRPC port without a certificate: %v", err)
+	}
+	adminConn, err := grpc.NewClient(c.Front.Addrs["admin"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adminConn.Close()
+	if err := check(adminConn); err != nil {
+		t.Errorf("health on the admin port: %v", err)
 	}
 	// A plaintext client gets nowhere.
 	conn, err := grpc.NewClient(front, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -177,6 +225,27 @@ func TestSecretEnv(t *testing.T) {
 	if h, err := c.GetHello(helloHost); err != nil || h.App != "hello" {
 		t.Fatalf("hello with a secret does not answer: %v", err)
 	}
+	// The node's admin port: its workers on /metrics (never their env),
+	// and gRPC health without a certificate.
+	resp, err := http.Get("http://" + c.Nodes[0].Addrs["admin"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `herd_node_worker_ready{app="hello",release="v1",state="ready",worker="1"} 1`) || strings.Contains(string(body), "s3cret-value") {
+		t.Errorf("node /metrics:\n%s", body)
+	}
+	conn, err := grpc.NewClient(c.Nodes[0].Addrs["admin"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "herd.v1.Agent"}); err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("node health on the admin port: %v %v", hr, err)
+	}
 	if r := c.Ctl("deploy", "x", ".", "--cmd", "x", "--secret-env", "NOEQUALS"); r.Code != 2 || !strings.Contains(r.Stderr, "--secret-env") {
 		t.Errorf("a bad --secret-env: exit %d %q", r.Code, r.Stderr)
 	}
@@ -215,4 +284,70 @@ func TestOperators(t *testing.T) {
 	if r := c.Ctl("operator", "revoke", "nobody"); r.Code == 0 || !strings.Contains(r.Stderr, "no operator") {
 		t.Errorf("revoke of an unknown operator: exit %d %q", r.Code, r.Stderr)
 	}
+}
+
+// TestGossipEncryptedOnTheWire captures every packet on the loopback
+// interface (a raw socket: CI runs as root) while a member joins, and
+// finds its name nowhere, though it crosses gossip in every alive message.
+// A datagram of our own proves the capture sees plaintext.
+func TestGossipEncryptedOnTheWire(t *testing.T) {
+	c := Start(t, 1)
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proto := int(uint16(syscall.ETH_P_ALL)<<8 | uint16(syscall.ETH_P_ALL)>>8)
+	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW, proto)
+	if err != nil {
+		t.Fatalf("raw socket (needs root, as CI runs): %v", err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: lo.Index}); err != nil {
+		t.Fatal(err)
+	}
+	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Usec: 100000})
+	const canary, control = "canary-7f3a9c", "capture-control-5e1d"
+	var captured bytes.Buffer
+	packets := 0
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1<<16)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n, _, err := syscall.Recvfrom(fd, buf, 0)
+			if err != nil || n <= 0 {
+				continue
+			}
+			packets++
+			captured.Write(buf[:n])
+			captured.WriteByte(0)
+		}
+	}()
+	p := c.start(canary, c.Bin.Node, "--name", canary, "--advertise", NodeIP(8), "--gossip", NodeIP(8)+":0",
+		"--grpc", NodeIP(8)+":0", "--admin", NodeIP(8)+":0", "--join", c.Front.Addrs["gossip"], "--cluster-key-file", c.KeyFile(),
+		"--port-range", "29900-29950")
+	defer p.Stop(10 * time.Second)
+	c.WaitMembers(3)
+	udp, err := net.Dial("udp", "127.0.0.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp.Write([]byte(control))
+	udp.Close()
+	time.Sleep(1500 * time.Millisecond) // more gossip rounds
+	close(stop)
+	<-done
+	if !bytes.Contains(captured.Bytes(), []byte(control)) {
+		t.Fatalf("the capture (%d packets) missed our own plaintext datagram: it proves nothing", packets)
+	}
+	if bytes.Contains(captured.Bytes(), []byte(canary)) {
+		t.Errorf("the member's name %q crossed loopback in plaintext (%d packets captured)", canary, packets)
+	}
+	t.Logf("%d packets captured while %s joined; its name was in none", packets, canary)
 }

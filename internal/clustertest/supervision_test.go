@@ -350,7 +350,7 @@ func TestWorkersDropRoot(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	r := RunCtl(t, c.Bin.Node, "--data-dir", dir, "--worker-user", "root", "--gossip", "127.0.0.1:0", "--grpc", "127.0.0.1:0")
+	r := RunCtl(t, c.Bin.Node, "--data-dir", dir, "--worker-user", "root", "--gossip", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--admin", "")
 	if r.Code == 0 || !strings.Contains(r.Stderr, "--allow-root-workers") {
 		t.Fatalf("herd-node --worker-user root: exit %d, stderr %q", r.Code, r.Stderr)
 	}

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 
 	herdcerts "github.com/herd-run/herd/internal/certs"
+	"github.com/herd-run/herd/internal/cli"
 	"github.com/herd-run/herd/internal/cluster"
 	"github.com/herd-run/herd/internal/control"
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
@@ -386,6 +387,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	gs := grpc.NewServer(opts...)
 	herdv1.RegisterControlServer(gs, svc)
+	healthSvc := cli.NewHealth("herd.v1.Control")
+	healthSvc.Register(gs)
+	defer healthSvc.Shutdown()
 	var ring []pki.ClusterKey
 	for _, k := range keys {
 		ring = append(ring, pki.ClusterKey(k))
@@ -437,7 +441,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var admin *http.Server
 	if adminLis != nil {
-		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 5 * time.Second}
+		admin = &http.Server{Handler: healthSvc.AdminHandler(adminMux(reg)), ReadHeaderTimeout: 5 * time.Second}
 		go func() { errc <- serveErr("admin", admin.Serve(adminLis)) }()
 		addrs["admin"] = adminLis.Addr().String()
 	}
@@ -481,6 +485,7 @@ func Run(ctx context.Context, cfg Config) error {
 	<-joined
 
 	log.Info("herd-front stopping")
+	healthSvc.Shutdown() // probes see NOT_SERVING while requests drain
 	cl.Leaving()
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 30 * time.Second

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/herd-run/herd/internal/certs"
+	"github.com/herd-run/herd/internal/cli"
 	"github.com/herd-run/herd/internal/herdconfig"
 	"github.com/herd-run/herd/internal/pki"
 )
@@ -37,7 +38,11 @@ func controlPolicy(b *pki.Bundle) *certs.Policy {
 	for _, m := range []string{"Status", "ListNodes", "Logs", "History", "ListPeers"} {
 		roles[svc+m] = read
 	}
-	return &certs.Policy{Pool: pool, Roles: roles, Public: map[string]bool{"/herd.v1.Join/Certify": true}}
+	public := map[string]bool{"/herd.v1.Join/Certify": true}
+	for m := range cli.HealthMethods {
+		public[m] = true
+	}
+	return &certs.Policy{Pool: pool, Roles: roles, Public: public}
 }
 
 // writeAdminConfig writes <data-dir>/admin.herdctl once: the operator

@@ -104,16 +104,18 @@ func (b *Bundle) Expiry() (time.Time, error) {
 
 // ServerTLS is the TLS configuration of a herd server. It presents the
 // bundle's certificate and checks client certificates against the CA, but
-// only when one is sent (tls.VerifyClientCertIfGiven): a caller without a
+// per call, not in the handshake: a caller without a
 // certificate still completes the handshake, so the server can answer it
 // with an error that says what is wrong ("Unauthenticated: ...") rather
 // than a bare handshake failure. Handlers therefore must call PeerIdentity
 // (or an interceptor must) before trusting a caller.
 //
-// A client certificate that is sent but does not verify (expired, say)
-// still fails the handshake. (Go's client does not send a certificate the
-// server's CA list does not cover, so one from another cluster usually
-// arrives as no certificate at all.)
+// The handshake takes any client certificate without checking it
+// (tls.RequestClientCert): an expired or foreign one also gets a clear
+// "Unauthenticated" from PeerIdentity's check instead of a bare handshake
+// failure. (Go's client does not send a certificate the server's CA list
+// does not cover, so one from another cluster usually arrives as no
+// certificate at all.)
 func ServerTLS(b *Bundle) (*tls.Config, error) {
 	cert, err := b.TLSCertificate()
 	if err != nil {
@@ -126,7 +128,7 @@ func ServerTLS(b *Bundle) (*tls.Config, error) {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientAuth:   tls.RequestClientCert,
 		ClientCAs:    pool,
 	}, nil
 }

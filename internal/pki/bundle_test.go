@@ -201,7 +201,7 @@ func TestTLSConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if srv.MinVersion != tls.VersionTLS13 || srv.ClientAuth != tls.VerifyClientCertIfGiven || srv.ClientCAs == nil || len(srv.Certificates) != 1 {
+	if srv.MinVersion != tls.VersionTLS13 || srv.ClientAuth != tls.RequestClientCert || srv.ClientCAs == nil || len(srv.Certificates) != 1 {
 		t.Errorf("ServerTLS = %+v", srv)
 	}
 	cli, err := ClientTLS(b, RoleNode)
@@ -388,20 +388,27 @@ func TestHandshake(t *testing.T) {
 		if _, _, err := PeerIdentity(ss, ca.Pool()); !errors.Is(err, ErrNoClientCert) {
 			t.Errorf("PeerIdentity: %v, want %v", err, ErrNoClientCert)
 		}
-		// A client that sends it anyway fails the handshake.
+		// A client that sends it anyway completes the handshake (the
+		// server checks per call) and PeerIdentity refuses it.
 		cert := cfg.Certificates[0]
 		cfg.Certificates = nil
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
-		_, _, serr, cerr = handshake(t, srvCfg, cfg)
-		if serr == nil || cerr == nil {
-			t.Errorf("forced: server: %v; client: %v; want both to fail", serr, cerr)
+		ss, _, serr, cerr = handshake(t, srvCfg, cfg)
+		if serr != nil || cerr != nil {
+			t.Fatalf("forced: server: %v; client: %v", serr, cerr)
+		}
+		if _, _, err := PeerIdentity(ss, ca.Pool()); err == nil || errors.Is(err, ErrNoClientCert) {
+			t.Errorf("forced: PeerIdentity = %v, want a verification error", err)
 		}
 	})
 
 	t.Run("expired client certificate", func(t *testing.T) {
-		_, _, serr, cerr := handshake(t, srvCfg, client(expiredBundle(t, ca, RoleOperator, "alice"), RoleNode))
-		if serr == nil || cerr == nil {
-			t.Errorf("server: %v; client: %v; want both to fail", serr, cerr)
+		ss, _, serr, cerr := handshake(t, srvCfg, client(expiredBundle(t, ca, RoleOperator, "alice"), RoleNode))
+		if serr != nil || cerr != nil {
+			t.Fatalf("server: %v; client: %v", serr, cerr)
+		}
+		if _, _, err := PeerIdentity(ss, ca.Pool()); err == nil || !strings.Contains(err.Error(), "expired") {
+			t.Errorf("PeerIdentity of an expired certificate = %v", err)
 		}
 	})
 
