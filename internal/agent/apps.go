@@ -164,14 +164,7 @@ func (m *manager) apply(ctx context.Context, rel *herdv1.Release, sources []stri
 	}
 
 	log := m.log.With("app", rel.GetApp(), "release", rel.GetId())
-	m.mu.Lock()
-	m.applying[rel.GetDigest()]++
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		m.applying[rel.GetDigest()]--
-		m.mu.Unlock()
-	}()
+	defer m.holdRelease(rel.GetDigest())()
 	dir, err := m.releaseDir(ctx, rel.GetDigest(), sources)
 	if err != nil {
 		return m.failed(rel.GetApp(), err)
@@ -213,6 +206,19 @@ func (m *manager) failed(app string, err error) error {
 	m.mu.Unlock()
 	m.publish()
 	return err
+}
+
+// holdRelease keeps retention from pruning a release while it is being
+// fetched, unpacked or used; call the returned func when done.
+func (m *manager) holdRelease(digest string) func() {
+	m.mu.Lock()
+	m.applying[digest]++
+	m.mu.Unlock()
+	return func() {
+		m.mu.Lock()
+		m.applying[digest]--
+		m.mu.Unlock()
+	}
 }
 
 // releaseDir returns the unpacked release, fetching and unpacking the

@@ -162,14 +162,7 @@ func (m *manager) runTask(ctx context.Context, rel *herdv1.Release, command stri
 	if err := validateRelease(rel); err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	m.applying[rel.GetDigest()]++
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		m.applying[rel.GetDigest()]--
-		m.mu.Unlock()
-	}()
+	defer m.holdRelease(rel.GetDigest())()
 	dir, err := m.releaseDir(ctx, rel.GetDigest(), sources)
 	if err != nil {
 		return nil, err
