@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	grpcstatus "google.golang.org/grpc/status"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
@@ -151,6 +153,36 @@ func TestRolesEnforced(t *testing.T) {
 	}
 	if err := call(reader, front, pki.RoleFront, drain); grpcstatus.Code(err) != codes.PermissionDenied {
 		t.Errorf("a read-only operator draining: %v, want PermissionDenied", err)
+	}
+	// Server reflection (what grpcurl uses) lists the API to operators.
+	services := func(conn *grpc.ClientConn) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			return err
+		}
+		if err := st.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+			return err
+		}
+		resp, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, s := range resp.GetListServicesResponse().GetService() {
+			names = append(names, s.GetName())
+		}
+		if !slices.Contains(names, "herd.v1.Control") {
+			return fmt.Errorf("services %v", names)
+		}
+		return nil
+	}
+	if err := call(reader, front, pki.RoleFront, services); err != nil {
+		t.Errorf("reflection for a read-only operator: %v", err)
+	}
+	if err := call(noCert, front, pki.RoleFront, services); grpcstatus.Code(err) != codes.Unauthenticated {
+		t.Errorf("reflection without a certificate: %v, want Unauthenticated", err)
 	}
 	admin, err := ca.IssueBundle(pki.RoleOperator, "admin", nil, time.Hour)
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/reflection"
 
 	herdcerts "github.com/herd-run/herd/internal/certs"
 	"github.com/herd-run/herd/internal/cli"
@@ -389,6 +390,8 @@ func Run(ctx context.Context, cfg Config) error {
 	herdv1.RegisterControlServer(gs, svc)
 	healthSvc := cli.NewHealth("herd.v1.Control")
 	healthSvc.Register(gs)
+	// grpcurl and friends can list and call the API (operators only).
+	reflection.Register(gs)
 	defer healthSvc.Shutdown()
 	var ring []pki.ClusterKey
 	for _, k := range keys {

@@ -38,6 +38,9 @@ func controlPolicy(b *pki.Bundle) *certs.Policy {
 	for _, m := range []string{"Status", "ListNodes", "Logs", "History", "ListPeers"} {
 		roles[svc+m] = read
 	}
+	for _, m := range []string{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"} {
+		roles[m] = read
+	}
 	public := map[string]bool{"/herd.v1.Join/Certify": true}
 	for m := range cli.HealthMethods {
 		public[m] = true
