@@ -190,6 +190,10 @@ func TestRaftAmongFronts(t *testing.T) {
 	killed := time.Now()
 	r := <-deployDone
 	t.Logf("deploy when its leader was killed: exit %d: %s", r.Code, strings.TrimSpace(r.Stderr))
+	// herdctl moves on to the next --addr when a front is down.
+	if r := RunCtl(t, c.Bin.Ctl, "--config", c.AdminConfig(), "--addr", lead.Addrs["grpc"], "--addr", other.Addrs["grpc"], "status"); r.Code != 0 {
+		t.Errorf("status with the first --addr down: exit %d: %s", r.Code, r.Stderr)
+	}
 	// The next leader resumes the rollout and the front that relayed it
 	// reports the verdict.
 	if r.Code != 0 {
