@@ -119,8 +119,8 @@ func TestOperationsCostNothing(t *testing.T) {
 	}
 
 	// Drain node-2: nothing more from it; undrain: it serves again.
-	if r := c.Ctl("drain", "node-2"); r.Code != 0 {
-		t.Fatalf("drain: %s", r.Stderr)
+	if r := c.Ctl("-o", "json", "drain", "node-2"); r.Code != 0 || strings.TrimSpace(r.Stdout) != "{}" {
+		t.Fatalf("drain -o json: exit %d %q %s", r.Code, r.Stdout, r.Stderr)
 	}
 	after := settle("drain node-2", rolled)
 	if after.Nodes["node-2"] > 0 {

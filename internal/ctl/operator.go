@@ -64,11 +64,11 @@ call status, nodes, logs, history and raft peers only.`,
 		Args:    exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withFront(cmd.Context(), g, func(c herdv1.ControlClient) error {
-				if _, err := c.RevokeOperator(cmd.Context(), &herdv1.RevokeOperatorRequest{Name: args[0]}); err != nil {
+				resp, err := c.RevokeOperator(cmd.Context(), &herdv1.RevokeOperatorRequest{Name: args[0]})
+				if err != nil {
 					return err
 				}
-				_, err := fmt.Fprintf(stdio.Out, "revoked %s\n", args[0])
-				return err
+				return g.done(stdio, resp, "revoked %s\n", args[0])
 			})
 		},
 	}

@@ -169,11 +169,11 @@ func newDestroyCmd(g *globals, stdio IO) *cobra.Command {
 		Args:    exactArgs("APP"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withFront(cmd.Context(), g, func(c herdv1.ControlClient) error {
-				if _, err := c.Destroy(cmd.Context(), &herdv1.DestroyRequest{App: args[0]}); err != nil {
+				resp, err := c.Destroy(cmd.Context(), &herdv1.DestroyRequest{App: args[0]})
+				if err != nil {
 					return err
 				}
-				_, err := fmt.Fprintf(stdio.Out, "%s destroyed\n", args[0])
-				return err
+				return g.done(stdio, resp, "%s destroyed\n", args[0])
 			})
 		},
 	}
@@ -256,11 +256,11 @@ the node and can be set while the node is unreachable.`,
 		Args:    exactArgs("NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withFront(cmd.Context(), g, func(c herdv1.ControlClient) error {
-				if _, err := c.Drain(cmd.Context(), &herdv1.DrainRequest{Node: args[0], KeepWorkers: keep}); err != nil {
+				resp, err := c.Drain(cmd.Context(), &herdv1.DrainRequest{Node: args[0], KeepWorkers: keep})
+				if err != nil {
 					return err
 				}
-				_, err := fmt.Fprintf(stdio.Out, "%s drained\n", args[0])
-				return err
+				return g.done(stdio, resp, "%s drained\n", args[0])
 			})
 		},
 	}
@@ -277,11 +277,11 @@ func newUndrainCmd(g *globals, stdio IO) *cobra.Command {
 		Args:    exactArgs("NODE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withFront(cmd.Context(), g, func(c herdv1.ControlClient) error {
-				if _, err := c.Undrain(cmd.Context(), &herdv1.UndrainRequest{Node: args[0]}); err != nil {
+				resp, err := c.Undrain(cmd.Context(), &herdv1.UndrainRequest{Node: args[0]})
+				if err != nil {
 					return err
 				}
-				_, err := fmt.Fprintf(stdio.Out, "%s undrained\n", args[0])
-				return err
+				return g.done(stdio, resp, "%s undrained\n", args[0])
 			})
 		},
 	}

@@ -40,3 +40,13 @@ func (t *table) row(cols ...any) {
 }
 
 func (t *table) flush() error { return t.tw.Flush() }
+
+// done prints a command's answer: the response as JSON with -o json (so
+// every command's output parses), else the line for people.
+func (g *globals) done(stdio IO, resp proto.Message, format string, args ...any) error {
+	if g.output == "json" {
+		return printJSON(stdio.Out, resp)
+	}
+	_, err := fmt.Fprintf(stdio.Out, format, args...)
+	return err
+}

@@ -1,8 +1,6 @@
 package ctl
 
 import (
-	"fmt"
-
 	"github.com/spf13/cobra"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
@@ -55,11 +53,11 @@ non-voters) and removes a front gone longer than --raft-remove-after.`,
 		Args:    exactArgs("FRONT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withFront(cmd.Context(), g, func(c herdv1.ControlClient) error {
-				if _, err := c.RemovePeer(cmd.Context(), &herdv1.RemovePeerRequest{Name: args[0]}); err != nil {
+				resp, err := c.RemovePeer(cmd.Context(), &herdv1.RemovePeerRequest{Name: args[0]})
+				if err != nil {
 					return err
 				}
-				_, err := fmt.Fprintf(stdio.Out, "removed %s from the raft configuration\n", args[0])
-				return err
+				return g.done(stdio, resp, "removed %s from the raft configuration\n", args[0])
 			})
 		},
 	}
