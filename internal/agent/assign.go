@@ -37,10 +37,7 @@ func (m *manager) tryPull(ctx context.Context) bool {
 		// the leader converges them.
 		return true
 	}
-	for _, f := range m.cl.Members() {
-		if f.Role != herdv1.Role_ROLE_FRONT || f.State != herdv1.MemberState_MEMBER_STATE_ALIVE || f.Leaving || f.GRPCAddr == "" {
-			continue
-		}
+	for _, f := range m.cl.LiveFronts() {
 		resp, err := m.getAssignment(ctx, f.GRPCAddr)
 		if err != nil {
 			m.log.Debug("get assignment", "front", f.Name, "err", err)

@@ -37,10 +37,7 @@ func (m *manager) reportLoop(ctx context.Context) {
 			acked[f] = g
 		}
 		m.applied.mu.Unlock()
-		for _, f := range m.cl.Members() {
-			if f.Role != herdv1.Role_ROLE_FRONT || f.State != herdv1.MemberState_MEMBER_STATE_ALIVE || f.Leaving || f.GRPCAddr == "" {
-				continue
-			}
+		for _, f := range m.cl.LiveFronts() {
 			if acked[f.Name] >= gen || time.Since(reported[f.Name]) < 2*time.Second {
 				continue
 			}

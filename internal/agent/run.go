@@ -60,16 +60,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if keyFile == "" {
 		keyFile = filepath.Join(cfg.DataDir, "cluster.key")
 	}
-	keyring, err := pki.ReadKeyring(keyFile)
+	keys, err := pki.ReadKeyring(keyFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("herd-node needs the cluster key: --cluster-key-file FILE, as the first front wrote it to its <data-dir>/cluster.key (%s does not exist)", keyFile)
 	}
 	if err != nil {
 		return fmt.Errorf("--cluster-key-file: %w", err)
-	}
-	var keys [][]byte
-	for _, k := range keyring {
-		keys = append(keys, k[:])
 	}
 	store, err := release.OpenStore(filepath.Join(cfg.DataDir, "artifacts"))
 	if err != nil {
@@ -145,12 +141,10 @@ func Run(ctx context.Context, cfg Config) error {
 		defer close(joined)
 		cluster.JoinLoop(joinCtx, cl, cfg.Join, log)
 	})
-	bundle, _, err := certs.Obtain(ctx, pki.ClusterKey(keys[0]), pki.RoleNode, cfg.Name, []string{host}, cfg.DataDir, func() []string {
+	bundle, _, err := certs.Obtain(ctx, keys[0], pki.RoleNode, cfg.Name, []string{host}, cfg.DataDir, func() []string {
 		var out []string
-		for _, f := range cl.Members() {
-			if f.Role == herdv1.Role_ROLE_FRONT && f.State == herdv1.MemberState_MEMBER_STATE_ALIVE && f.GRPCAddr != "" {
-				out = append(out, f.GRPCAddr)
-			}
+		for _, f := range cl.LiveFronts() {
+			out = append(out, f.GRPCAddr)
 		}
 		return out
 	}, log)

@@ -7,12 +7,21 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
 )
 
 // defaultApplyTimeout bounds an Apply that does not say how long it may take.
 const defaultApplyTimeout = 60 * time.Second
+
+// timeoutOr is a request's timeout, or defaultApplyTimeout when it has none.
+func timeoutOr(d *durationpb.Duration) time.Duration {
+	if d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	return defaultApplyTimeout
+}
 
 // service is the Agent gRPC API.
 type service struct {
@@ -21,11 +30,7 @@ type service struct {
 }
 
 func (s *service) Apply(ctx context.Context, req *herdv1.ApplyRequest) (*herdv1.ApplyResponse, error) {
-	timeout := defaultApplyTimeout
-	if d := req.GetTimeout().AsDuration(); d > 0 {
-		timeout = d
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeoutOr(req.GetTimeout()))
 	defer cancel()
 	if err := s.m.apply(ctx, req.GetRelease(), req.GetArtifactSources()); err != nil {
 		return nil, toStatus(err)
@@ -68,11 +73,7 @@ func (s *service) SetDrained(_ context.Context, req *herdv1.SetDrainedRequest) (
 }
 
 func (s *service) RunTask(ctx context.Context, req *herdv1.RunTaskRequest) (*herdv1.RunTaskResponse, error) {
-	timeout := defaultApplyTimeout
-	if d := req.GetTimeout().AsDuration(); d > 0 {
-		timeout = d
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeoutOr(req.GetTimeout()))
 	defer cancel()
 	resp, err := s.m.runTask(ctx, req.GetRelease(), req.GetCommand(), req.GetArtifactSources())
 	if err != nil {

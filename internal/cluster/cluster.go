@@ -124,7 +124,11 @@ func New(cfg Config) (*Cluster, error) {
 	// refused as a conflict (memberlist#157) until the dead one is reaped.
 	mc.DeadNodeReclaimTime = 30 * time.Second
 	if len(cfg.Keys) > 0 {
-		kr, err := memberlist.NewKeyring(cfg.Keys[1:], cfg.Keys[0])
+		keys := make([][]byte, len(cfg.Keys))
+		for i := range cfg.Keys {
+			keys[i] = cfg.Keys[i][:]
+		}
+		kr, err := memberlist.NewKeyring(keys[1:], keys[0])
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("--cluster-key-file: %w", err)
@@ -188,6 +192,18 @@ func (c *Cluster) Members() []Member {
 		out = append(out, *m)
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// LiveFronts lists the fronts that can take calls: alive, not leaving,
+// with a gRPC address; sorted by name.
+func (c *Cluster) LiveFronts() []Member {
+	var out []Member
+	for _, m := range c.Members() {
+		if m.Role == herdv1.Role_ROLE_FRONT && m.State == herdv1.MemberState_MEMBER_STATE_ALIVE && !m.Leaving && m.GRPCAddr != "" {
+			out = append(out, m)
+		}
+	}
 	return out
 }
 

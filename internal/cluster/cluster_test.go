@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/pki"
 )
 
 // memberSeq makes member names and their (never dialled) gRPC addresses
@@ -764,11 +765,11 @@ func TestDuplicateNameConflict(t *testing.T) {
 // first and the old one second (a rotation under way) joins both.
 func TestGossipNeedsTheKey(t *testing.T) {
 	t.Parallel()
-	key := func(b byte) []byte { k := make([]byte, 32); k[0] = b; return k }
-	f := newMember(t, herdv1.Role_ROLE_FRONT, func(c *Config) { c.Keys = [][]byte{key(1)} })
-	n := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = [][]byte{key(1)} })
+	key := func(b byte) pki.ClusterKey { var k pki.ClusterKey; k[0] = b; return k }
+	f := newMember(t, herdv1.Role_ROLE_FRONT, func(c *Config) { c.Keys = []pki.ClusterKey{key(1)} })
+	n := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = []pki.ClusterKey{key(1)} })
 	join(t, n, f)
-	for _, keys := range [][][]byte{nil, {key(2)}} {
+	for _, keys := range [][]pki.ClusterKey{nil, {key(2)}} {
 		stranger := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = keys })
 		if err := stranger.Join([]string{f.GossipAddr()}); err == nil {
 			t.Errorf("a member with keys %v joined a cluster it has no key for", keys)
@@ -776,9 +777,9 @@ func TestGossipNeedsTheKey(t *testing.T) {
 	}
 	// Rotation: the new key is installed second everywhere, then made
 	// first; a member on either step talks to one on the other.
-	installed := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = [][]byte{key(1), key(3)} })
+	installed := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = []pki.ClusterKey{key(1), key(3)} })
 	join(t, installed, f)
-	switched := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = [][]byte{key(3), key(1)} })
+	switched := newMember(t, herdv1.Role_ROLE_NODE, func(c *Config) { c.Keys = []pki.ClusterKey{key(3), key(1)} })
 	join(t, switched, installed)
 	eventually(t, 5*time.Second, func() (bool, string) {
 		_, ok := memberOf(installed, switched.cfg.Name)

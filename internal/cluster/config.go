@@ -8,6 +8,7 @@ import (
 	"net"
 
 	herdv1 "github.com/herd-run/herd/internal/gen/herd/v1"
+	"github.com/herd-run/herd/internal/pki"
 )
 
 // Config describes this member. A zero field means its default.
@@ -30,9 +31,9 @@ type Config struct {
 	RaftAddr string
 	// Keys encrypt and authenticate gossip (AES-256-GCM, memberlist's
 	// keyring): the first encrypts, every one decrypts, so keys can be
-	// rotated without a split. Each is 32 bytes. Empty: plain gossip
-	// (tests only; the programs always set one).
-	Keys [][]byte
+	// rotated without a split. Empty: plain gossip (tests only; the
+	// programs always set one).
+	Keys []pki.ClusterKey
 	// Logger receives memberlist's log too. Default: discard.
 	Logger *slog.Logger
 	// Fetch gets a node's full state over gRPC when gossip says it changed.

@@ -73,10 +73,7 @@ func (s *Service) front(name string) (cluster.Member, bool) {
 // first.
 func (s *Service) liveFronts() []cluster.Member {
 	var out []cluster.Member
-	for _, m := range s.Cluster.Members() {
-		if m.Role != herdv1.Role_ROLE_FRONT || m.State != herdv1.MemberState_MEMBER_STATE_ALIVE || m.Leaving || m.GRPCAddr == "" {
-			continue
-		}
+	for _, m := range s.Cluster.LiveFronts() {
 		if m.Name == s.Name {
 			out = append([]cluster.Member{m}, out...)
 		} else {

@@ -298,10 +298,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(cfg.Join) == 0 {
 		bundle, ca, err = herdcerts.Bootstrap(cfg.DataDir, cfg.Name, []string{host})
 	} else {
-		bundle, ca, err = herdcerts.Obtain(ctx, pki.ClusterKey(keys[0]), pki.RoleFront, cfg.Name, []string{host}, cfg.DataDir, func() []string {
+		bundle, ca, err = herdcerts.Obtain(ctx, keys[0], pki.RoleFront, cfg.Name, []string{host}, cfg.DataDir, func() []string {
 			var out []string
-			for _, m := range cl.Members() {
-				if m.Role == herdv1.Role_ROLE_FRONT && m.Name != cfg.Name && m.State == herdv1.MemberState_MEMBER_STATE_ALIVE && m.GRPCAddr != "" {
+			for _, m := range cl.LiveFronts() {
+				if m.Name != cfg.Name {
 					out = append(out, m.GRPCAddr)
 				}
 			}
@@ -393,11 +393,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// grpcurl and friends can list and call the API (operators only).
 	reflection.Register(gs)
 	defer healthSvc.Shutdown()
-	var ring []pki.ClusterKey
-	for _, k := range keys {
-		ring = append(ring, pki.ClusterKey(k))
-	}
-	herdv1.RegisterJoinServer(gs, &herdcerts.Service{Keys: ring, CA: ca, Log: log})
+	herdv1.RegisterJoinServer(gs, &herdcerts.Service{Keys: keys, CA: ca, Log: log})
 
 	// Requests Go's parser would take but nginx refuses as smuggling risks
 	// (Content-Length with Transfer-Encoding, duplicate Content-Length,
@@ -534,7 +530,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 // clusterKeys reads the cluster key file. The first front (no --join, no
 // key file given) makes the key when there is none yet.
-func clusterKeys(cfg Config, log *slog.Logger) ([][]byte, error) {
+func clusterKeys(cfg Config, log *slog.Logger) ([]pki.ClusterKey, error) {
 	path := cfg.ClusterKeyFile
 	if path == "" {
 		path = filepath.Join(cfg.DataDir, "cluster.key")
@@ -555,11 +551,7 @@ func clusterKeys(cfg Config, log *slog.Logger) ([][]byte, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("--cluster-key-file: %w", err)
 	}
-	out := make([][]byte, len(keys))
-	for i, k := range keys {
-		out[i] = k[:]
-	}
-	return out, nil
+	return keys, nil
 }
 
 func serveErr(what string, err error) error {

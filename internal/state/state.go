@@ -10,11 +10,9 @@
 package state
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,7 +66,7 @@ type Config struct {
 	Dir string
 	// ID is the front's name, its Raft server id.
 	ID string
-	// Stream carries Raft's traffic; TCPStream is the plain one.
+	// Stream carries Raft's traffic (TLSStream).
 	Stream raft.StreamLayer
 	// Bootstrap starts a single-voter cluster when Dir holds no state yet
 	// (the first front). Otherwise the front waits to be added by the
@@ -300,16 +298,11 @@ func (s *Store) Assignment(node string) []*herdv1.Release {
 	return out
 }
 
-// Begin records a rollout of spec with the artifact digest, run by front:
-// the release is new, or the current one when nothing changed (Changed
-// false) or only the worker count did. A rollout of the app in progress
-// refuses it with a *BusyError unless force supersedes it.
-func (s *Store) Begin(spec *herdv1.AppSpec, digest, front string, force bool) (*herdv1.Rollout, error) {
-	return s.BeginRollout(&herdv1.BeginRollout{Spec: spec, Digest: digest, Front: front, Force: force})
-}
-
-// BeginRollout is Begin with every option (a restart, a note for the
-// history).
+// BeginRollout records a rollout of a spec with its artifact digest, run
+// by a front: the release is new, or the current one when nothing changed
+// (Changed false) or only the worker count did, or the current one
+// restarted. A rollout of the app in progress refuses it with a
+// *BusyError unless forced to supersede it.
 func (s *Store) BeginRollout(b *herdv1.BeginRollout) (*herdv1.Rollout, error) {
 	res, err := s.apply(&herdv1.StateCommand{Op: &herdv1.StateCommand_BeginRollout{BeginRollout: b}})
 	if err != nil {
@@ -522,33 +515,8 @@ func (s *Store) leaderErr(err error) error {
 	return err
 }
 
-// TCPStream is Raft's plain TCP transport: lis accepts, advertise is the
-// host:port others dial (lis's own address when empty). The security issue
-// wraps the same interface in mTLS.
-func TCPStream(lis net.Listener, advertise string) raft.StreamLayer {
-	var addr net.Addr = lis.Addr()
-	if advertise != "" {
-		addr = advertiseAddr(advertise)
-	}
-	return &tcpStream{Listener: lis, addr: addr}
-}
-
-type tcpStream struct {
-	net.Listener
-	addr net.Addr
-}
-
 // advertiseAddr is a net.Addr that keeps the address exactly as given.
 type advertiseAddr string
 
 func (a advertiseAddr) Network() string { return "tcp" }
 func (a advertiseAddr) String() string  { return string(a) }
-
-func (t *tcpStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	var d net.Dialer
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return d.DialContext(ctx, "tcp", string(addr))
-}
-
-func (t *tcpStream) Addr() net.Addr { return t.addr }

@@ -40,7 +40,7 @@ const (
 //     (pki.ClientTLS) and presents b's own certificate.
 //
 // lis accepts, advertise is the host:port others dial (lis's own address
-// when empty), as for TCPStream. b must hold a front certificate.
+// when empty). b must hold a front certificate.
 //
 // Handshakes run concurrently, each within a deadline, so a peer that
 // connects and stalls, or sends garbage, neither blocks the others nor
